@@ -1,0 +1,69 @@
+"""Random training patches with foreground oversampling, as a pure function of the step.
+
+The patches of micro-batch ``micro`` at optimizer step ``step`` on rank ``rank`` come
+from a generator seeded with ``(seed, rank, step, micro)``. Resuming at a step
+therefore continues the exact sequence with no sampler state to save, and each rank
+draws different patches.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .cache import CachedVolume
+
+IGNORE_LABEL = 2
+
+
+def crop_padded(arr: np.ndarray, start: np.ndarray, size: tuple[int, ...], fill: int) -> np.ndarray:
+    """``arr[start:start+size]`` where out-of-volume voxels take ``fill``."""
+    out = np.full(size, fill, dtype=arr.dtype)
+    src_lo = np.maximum(start, 0)
+    src_hi = np.minimum(start + np.asarray(size), arr.shape)
+    if np.any(src_hi <= src_lo):
+        return out
+    dst_lo = src_lo - start
+    dst_hi = dst_lo + (src_hi - src_lo)
+    out[tuple(slice(a, b) for a, b in zip(dst_lo, dst_hi))] = arr[tuple(slice(a, b) for a, b in zip(src_lo, src_hi))]
+    return out
+
+
+class PatchSampler:
+    def __init__(self, volumes: list[CachedVolume], patch_size, batch_size: int, foreground_fraction: float, seed: int, rank: int = 0):
+        if not volumes:
+            raise ValueError("PatchSampler needs at least one volume")
+        self.volumes = volumes
+        self.patch = tuple(int(p) for p in patch_size)
+        self.batch_size = batch_size
+        self.foreground_fraction = foreground_fraction
+        self.seed = seed
+        self.rank = rank
+
+    def _start(self, vol: CachedVolume, rng: np.random.Generator) -> np.ndarray:
+        shape = np.asarray(vol.shape)
+        patch = np.asarray(self.patch)
+        if vol.foreground.size and rng.random() < self.foreground_fraction:
+            centre = np.asarray(np.unravel_index(vol.foreground[rng.integers(vol.foreground.size)], vol.shape))
+            # jitter so the surface voxel is not always at the patch centre
+            start = centre - rng.integers(0, patch)
+            return np.clip(start, np.minimum(0, shape - patch), np.maximum(shape - patch, 0))
+        # volumes smaller than the patch are centred and padded
+        high = np.maximum(shape - patch, 0)
+        start = np.array([rng.integers(0, h + 1) for h in high])
+        return np.where(shape < patch, (shape - patch) // 2, start)
+
+    def batch(self, step: int, micro: int = 0) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng([self.seed, self.rank, step, micro])
+        images, labels, means, stds = [], [], [], []
+        for _ in range(self.batch_size):
+            vol = self.volumes[rng.integers(len(self.volumes))]
+            start = self._start(vol, rng)
+            images.append(crop_padded(vol.image, start, self.patch, 0))
+            labels.append(crop_padded(vol.label, start, self.patch, IGNORE_LABEL))
+            means.append(vol.mean)
+            stds.append(vol.std)
+        return {
+            "image": np.stack(images),
+            "label": np.stack(labels),
+            "mean": np.asarray(means, np.float32),
+            "std": np.asarray(stds, np.float32),
+        }
