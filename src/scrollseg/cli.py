@@ -1,0 +1,167 @@
+"""Command line: thin subcommands over the library. User errors print one line and exit 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from . import __version__
+from .errors import ScrollsegError
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None):
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def build_train_config(run: Path, preset: str | None, overrides: list[str]):
+    """The run's saved config when it exists, else the preset; overrides on top. Changes to a
+    saved run are refused unless they only touch keys that may differ between sessions."""
+    from .checkpoint import RunDir
+    from .config import build_config, diff, from_dict, merge, parse_overrides, read_yaml
+    from .errors import ConfigError
+
+    saved_path = RunDir(run).config_path
+    if not saved_path.is_file():
+        return build_config(preset or "default", overrides)
+    saved = from_dict(read_yaml(saved_path))
+    wanted = build_config(preset, overrides) if preset else from_dict(merge(saved.to_dict(), parse_overrides(overrides)))
+    mutable = ("train.steps", "train.minutes", "train.time_limit", "train.checkpoint", "train.val_every", "train.log_every",
+               "train.keep_last", "train.threads", "data.num_workers", "inference.")
+    changes = [c for c in diff(saved, wanted) if not c.startswith(mutable)]
+    if changes:
+        raise ConfigError(f"{saved_path}: the run was started with another config ({'; '.join(changes)}); use a new run folder or drop these settings")
+    return wanted
+
+
+def cmd_synth(args) -> None:
+    from .data.synth import write_dataset
+
+    out = write_dataset(args.out, args.train, args.test, tuple(args.size) if args.size else None, args.seed)
+    print(f"wrote {args.train} train and {args.test} test volumes to {out} (test labels in {out / 'test_labels'})")
+
+
+def cmd_train(args) -> None:
+    from .engine.trainer import train
+
+    overrides = list(args.overrides)
+    if args.steps is not None:
+        overrides.append(f"train.steps={args.steps}")
+    if args.minutes is not None:
+        overrides.append(f"train.minutes={args.minutes}")
+    if args.seed is not None:
+        overrides.append(f"train.seed={args.seed}")
+    if args.checkpoint_minutes is not None:
+        overrides.append(f"train.checkpoint_minutes={args.checkpoint_minutes}")
+    if args.checkpoint_steps is not None:
+        overrides.append(f"train.checkpoint_steps={args.checkpoint_steps}")
+    if args.time_limit is not None:
+        overrides.append(f"train.time_limit={args.time_limit}")
+    cfg = build_train_config(Path(args.run), args.preset, overrides)
+    result = train(args.data, args.run, cfg)
+    if result.stop_reason not in ("steps", "minutes"):
+        sys.exit(3)  # interrupted: the run is resumable, but not finished
+
+
+def cmd_predict(args) -> None:
+    from .inference.predict import predict_to_submission
+
+    overrides = {}
+    if args.tta is not None:
+        overrides["tta"] = args.tta
+    if args.threshold is not None:
+        overrides["threshold"] = args.threshold
+    out = predict_to_submission(args.checkpoint, args.images, args.out, args.csv, args.device, overrides)
+    print(f"wrote {out}")
+
+
+def cmd_score(args) -> None:
+    from .metrics.evaluate import format_table, score_predictions, write_reports
+
+    result = score_predictions(args.labels, args.pred, args.workers)
+    print(format_table(result))
+    write_reports(result, args.json, args.csv)
+
+
+def cmd_demo(args) -> None:
+    from .demo import run_demo
+
+    run_demo(Path(args.out), minutes=args.minutes, steps=args.steps)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scrollseg", description="3D papyrus-surface segmentation for the Vesuvius Challenge")
+    parser.add_argument("--version", action="version", version=f"scrollseg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="write a synthetic dataset in the competition layout")
+    p.add_argument("out")
+    p.add_argument("--train", type=int, default=8)
+    p.add_argument("--test", type=int, default=2)
+    p.add_argument("--size", type=int, nargs=3, metavar=("D", "H", "W"))
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("train", help="train (or resume) a run")
+    p.add_argument("data", help="dataset root in the competition layout")
+    p.add_argument("run", help="run folder; an existing one is resumed")
+    p.add_argument("--preset", help="preset name or .yaml file (default: the run's saved config, else 'default')")
+    p.add_argument("--minutes", type=float, help="wall-clock bound of this training")
+    p.add_argument("--steps", type=int, help="number of optimizer steps")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--checkpoint-minutes", type=float)
+    p.add_argument("--checkpoint-steps", type=int)
+    p.add_argument("--time-limit", help="checkpoint and stop before this wall time, e.g. 11h45m")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-3")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="predict test volumes into submission.zip")
+    p.add_argument("checkpoint", help="run folder or .pt file")
+    p.add_argument("images", help="test_images folder or dataset root")
+    p.add_argument("--out", default="submission.zip")
+    p.add_argument("--csv", help="test.csv listing the ids that must be present")
+    p.add_argument("--device")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--threshold", type=float)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("score", help="leaderboard metric of predictions against labels")
+    p.add_argument("labels", help="folder of <id>.tif labels")
+    p.add_argument("pred", help="folder of <id>.tif predictions or a submission.zip")
+    p.add_argument("--json")
+    p.add_argument("--csv")
+    p.add_argument("--workers", type=int, default=1)
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("demo", help="synthesise, train the tiny preset, predict, score")
+    p.add_argument("--out", default="demo_out")
+    p.add_argument("--minutes", type=float, default=8.0)
+    p.add_argument("--steps", type=int)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = make_parser()
+    # dotted overrides may sit anywhere after `train`, also after its options
+    args, extra = parser.parse_known_args(argv)
+    unknown = [e for e in extra if args.command != "train" or e.startswith("-") or "=" not in e]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.command == "train":
+        args.overrides = list(args.overrides) + extra
+    warnings.showwarning = _warning_line
+    try:
+        args.func(args)
+    except ScrollsegError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,254 @@
+"""The training loop, readable top to bottom.
+
+One code path for the CPU, one GPU and DDP ranks (the launcher decides how many
+processes exist; this loop asks ``dist`` who it is). Each optimizer step takes
+``accumulation`` micro-batches; patches are a pure function of (seed, rank, step,
+micro), the LR a pure function of the step, so a resumed run continues exactly.
+Only rank 0 logs, validates and writes checkpoints.
+"""
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from .. import __version__, dist
+from ..checkpoint import RunDir
+from ..config import Config, dump_yaml
+from ..data.augment import augment_batch
+from ..data.cache import VolumeCache
+from ..data.layout import VolumeRef, list_volumes
+from ..data.loader import make_loader
+from ..data.sampler import PatchSampler
+from ..errors import DataError
+from ..inference.postprocess import binarise
+from ..inference.predict import probability_map
+from ..losses import segmentation_loss
+from ..metrics.leaderboard import score_volume
+from ..models import build_model
+from .deadline import Clock, StopSignals
+from .log import MetricsLog, say
+from .precision import resolve_precision
+from .schedule import learning_rate
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    finished: bool  # reached train.steps
+    stop_reason: str
+    best_score: float | None
+
+
+def split_volumes(refs: list[VolumeRef], cfg: Config) -> tuple[list[VolumeRef], list[VolumeRef]]:
+    """Held-out volumes by id, by volume or by scroll, deterministic for a seed."""
+    if cfg.data.val_ids:
+        val_ids = set(cfg.data.val_ids)
+        return [r for r in refs if r.id not in val_ids], [r for r in refs if r.id in val_ids]
+    if len(refs) < 2 or cfg.data.val_fraction <= 0:
+        return refs, []
+    rng = np.random.default_rng(cfg.train.seed)
+    if cfg.data.split_by == "scroll":
+        groups = sorted({r.scroll_id for r in refs})
+        if len(groups) >= 2:
+            n_val = max(1, round(cfg.data.val_fraction * len(groups)))
+            val_groups = set(np.asarray(groups)[rng.permutation(len(groups))[:n_val]].tolist())
+            return [r for r in refs if r.scroll_id not in val_groups], [r for r in refs if r.scroll_id in val_groups]
+    order = rng.permutation(len(refs))
+    n_val = min(len(refs) - 1, max(1, round(cfg.data.val_fraction * len(refs))))
+    val_idx = set(order[:n_val].tolist())
+    return [r for i, r in enumerate(refs) if i not in val_idx], [r for i, r in enumerate(refs) if i in val_idx]
+
+
+def make_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
+    o = cfg.optim
+    fused = {"fused": True} if device.type == "cuda" else {}
+    if o.name == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay, **fused)
+    return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, nesterov=True, weight_decay=o.weight_decay, **fused)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def validate(model: torch.nn.Module, volumes, cfg: Config, device: torch.device) -> dict:
+    """Mean leaderboard metric of the held-out volumes, with the inference settings."""
+    model.eval()
+    scores = []
+    for vol in volumes:
+        prob = probability_map(model, np.asarray(vol.image), cfg.inference, cfg.tile_size(), device, (vol.mean, vol.std))
+        mask = binarise(prob, cfg.inference.threshold, cfg.inference.hysteresis_low, cfg.inference.min_component)
+        scores.append(score_volume(np.asarray(vol.label), mask))
+    model.train()
+    keys = ("leaderboard", "topo", "surface_dice", "voi_score")
+    return {f"val/{k}": float(np.mean([getattr(s, k) for s in scores])) for k in keys}
+
+
+def train(data_dir: Path | str, run_dir: Path | str, cfg: Config, progress: bool = True) -> TrainResult:
+    info = dist.from_environment()
+    device = dist.init(info)
+    main = info.is_main
+    run = RunDir(run_dir)
+    log = MetricsLog(run.metrics_path, enabled=main)
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not cfg.train.deterministic
+
+    # ---- data
+    refs = list_volumes(data_dir, "train")
+    if not refs:
+        raise DataError(f"{data_dir}: the train set is empty (no id of train.csv has both image and label); check the folder")
+    train_refs, val_refs = split_volumes(refs, cfg)
+    cache = VolumeCache(cfg.data.cache_dir or run.root / "cache", cfg.data.max_voxels)
+    # rank 0 decodes the TIFFs; the others wait and then memory-map the same files
+    if main:
+        for ref in refs:
+            cache.load(ref)
+    dist.barrier(info)
+    train_volumes = [cache.load(r) for r in train_refs]
+    val_volumes = [cache.load(r) for r in val_refs][: cfg.train.val_volumes or None]
+
+    # ---- model and optimiser
+    seed_everything(cfg.train.seed)
+    model = build_model(cfg.model).to(device)
+    optimizer = make_optimizer(model, cfg, device)
+    precision = resolve_precision(cfg.train.precision, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision.needs_scaler)
+
+    # ---- resume
+    step, best_score, history = 0, None, []
+    ckpt = run.load_newest_valid()
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scaler") and precision.needs_scaler:
+            scaler.load_state_dict(ckpt["scaler"])
+        step = int(ckpt["step"])
+        best_score = ckpt.get("best_score")
+        history = list(ckpt.get("history", []))
+        log.truncate_after(step)
+        say(f"resuming {run.root} at step {step}", main)
+    if main:
+        run.root.mkdir(parents=True, exist_ok=True)
+        run.config_path.write_text(dump_yaml(cfg))
+    dist.barrier(info)
+    net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if info.enabled else model
+
+    accumulation = cfg.optim.accumulation
+    global_batch = cfg.data.batch_size * info.world * accumulation
+    say(
+        f"train: {len(train_volumes)} volumes, validate: {len(val_volumes)} | device {device} x{info.world}, {precision.name} | "
+        f"global batch {global_batch} = {cfg.data.batch_size} per device x {info.world} devices x {accumulation} accumulation",
+        main,
+    )
+    if step == 0:
+        log.write({"step": 0, "event": "start", "global_batch": global_batch, "world": info.world, "precision": precision.name})
+
+    def state() -> dict:
+        return {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict() if precision.needs_scaler else None,
+            "step": step,
+            "best_score": best_score,
+            "history": history,
+            "config": cfg.to_dict(),
+            "config_digest": cfg.digest(),
+            "version": __version__,
+            "global_batch": global_batch,
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    sampler = PatchSampler(train_volumes, cfg.data.patch_size, cfg.data.batch_size, cfg.data.foreground_fraction, cfg.train.seed, info.rank)
+    loader = make_loader(sampler, step, cfg.train.steps, accumulation, cfg.data.num_workers, device.type == "cuda")
+    clock = Clock(cfg.train.minutes, cfg.train.time_limit, cfg.train.checkpoint_minutes)
+    stop_reason = "steps" if step >= cfg.train.steps else ""
+    window = {"loss": 0.0, "n": 0, "wait": 0.0, "t0": time.perf_counter()}
+    net.train()
+
+    with StopSignals() as signals:
+        batches = iter(loader)
+        while step < cfg.train.steps and not stop_reason:
+            lr = learning_rate(step, cfg.train.steps, cfg.optim)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+            for micro in range(accumulation):
+                t_wait = time.perf_counter()
+                got_step, got_micro, batch = next(batches)
+                window["wait"] += time.perf_counter() - t_wait
+                assert (got_step, got_micro) == (step, micro), "loader out of order"
+                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                gen = torch.Generator().manual_seed(int(np.random.SeedSequence([cfg.train.seed, info.rank, step, micro]).generate_state(1)[0]))
+                x, y = augment_batch(batch["image"], batch["label"], batch["mean"], batch["std"], cfg.augment, gen)
+                sync = micro == accumulation - 1 or not info.enabled
+                ctx = net.no_sync() if not sync else contextlib.nullcontext()
+                with ctx, precision.autocast():
+                    loss = segmentation_loss(net(x), y, cfg.loss.bce_weight, cfg.loss.dice_weight) / accumulation
+                scaler.scale(loss).backward()
+                window["loss"] += float(loss.detach())
+            scaler.unscale_(optimizer)
+            if cfg.optim.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
+            window["n"] += 1
+
+            if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+                elapsed = time.perf_counter() - window["t0"]
+                record = {
+                    "step": step,
+                    "loss": window["loss"] / window["n"],
+                    "lr": lr,
+                    "samples_per_s": window["n"] * global_batch / elapsed,
+                    "data_wait": window["wait"] / elapsed,
+                    "elapsed_s": clock.elapsed(),
+                }
+                history.append({"step": step, "loss": record["loss"]})
+                log.write(record)
+                say(f"step {step:>6}/{cfg.train.steps} loss {record['loss']:.4f} lr {lr:.2e} {record['samples_per_s']:.1f} samples/s data-wait {record['data_wait']:.0%}", main and progress)
+                window = {"loss": 0.0, "n": 0, "wait": 0.0, "t0": time.perf_counter()}
+
+            if val_volumes and (step % cfg.train.val_every == 0 or step == cfg.train.steps):
+                if main:
+                    scores = validate(model, val_volumes, cfg, device)
+                    log.write({"step": step, **scores})
+                    say(f"step {step:>6} validation leaderboard {scores['val/leaderboard']:.4f}", main)
+                    if best_score is None or scores["val/leaderboard"] > best_score:
+                        best_score = scores["val/leaderboard"]
+                        run.save_best(state())
+                dist.barrier(info)
+
+            stop = signals.received or ("time-limit" if clock.deadline_near() else None) or ("minutes" if clock.budget_spent() else None)
+            stop = dist.broadcast_flag(bool(stop), info, device) and (stop or "peer")
+            if stop:
+                stop_reason = stop
+            finished = step >= cfg.train.steps
+            periodic = step % cfg.train.checkpoint_steps == 0 or clock.checkpoint_due()
+            if main and (finished or stop or periodic):
+                run.save(state(), step, cfg.train.keep_last, final=finished or stop == "minutes")
+            if finished or stop or periodic:
+                clock.checkpointed()
+            if finished:
+                stop_reason = "steps"
+
+    del batches, loader
+    if stop_reason in ("time-limit",) or stop_reason.startswith("SIG") or stop_reason == "peer":
+        say(f"stopped at step {step} ({stop_reason}); checkpoint saved. Resume with the same command: scrollseg train {data_dir} {run.root}", main)
+    dist.barrier(info)
+    return TrainResult(run.root, step, step >= cfg.train.steps, stop_reason, best_score)
+
