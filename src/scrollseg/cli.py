@@ -12,8 +12,8 @@ from . import __version__
 from .errors import ScrollsegError
 
 
-def _warning_line(message, category, filename, lineno, file=None, line=None):
-    print(f"warning: {message}", file=sys.stderr)
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"
 
 
 def build_train_config(run: Path, preset: str | None, overrides: list[str]):
@@ -137,7 +137,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="synthesise, train the tiny preset, predict, score")
     p.add_argument("--out", default="demo_out")
-    p.add_argument("--minutes", type=float, default=8.0)
+    p.add_argument("--minutes", type=float, default=10.0, help="training time bound")
     p.add_argument("--steps", type=int)
     p.set_defaults(func=cmd_demo)
     return parser
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command == "train":
         args.overrides = list(args.overrides) + extra
-    warnings.showwarning = _warning_line
+    warnings.formatwarning = _warning_line
     try:
         args.func(args)
     except ScrollsegError as exc:

@@ -133,6 +133,11 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             raise ConfigError(f"config key {key!r} expects an integer, got {value!r}")
         return int(value)
     if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config key {key!r} expects a number, got {value!r}")
         return float(value)

@@ -68,7 +68,7 @@ def encode_volume(arr: np.ndarray) -> bytes:
     if arr.ndim != 3 or arr.dtype != np.uint8:
         raise ValueError(f"expected a 3D uint8 array, got {arr.dtype} {arr.shape}")
     buf = io.BytesIO()
-    tifffile.imwrite(buf, arr, compression="lzw")
+    tifffile.imwrite(buf, arr, compression="lzw", photometric="minisblack")
     return buf.getvalue()
 
 

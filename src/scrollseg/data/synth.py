@@ -56,10 +56,12 @@ def synth_chunk(shape, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray
 
     # annotators trace some windings; the rest of the chunk is unlabelled
     windings = np.unique(winding)
-    traced = set(windings[rng.random(windings.size) < rng.uniform(0.3, 0.5)].tolist())
-    if not traced:
-        traced = {int(rng.choice(windings))}
-    annotated = np.isin(winding, list(traced))
+    n_traced = max(1, round(rng.uniform(0.3, 0.45) * windings.size))
+    traced = set(rng.permutation(windings)[:n_traced].tolist())
+    # a traced winding stops a margin short of the next sheet when that one is untraced,
+    # as real annotations leave a margin around sheets nobody traced
+    next_untraced = ~np.isin(winding + 1, list(traced))
+    annotated = np.isin(winding, list(traced)) & ~(next_untraced & (depth > pitch * (1.0 - squeeze) - 2.5))
     label = np.full(shape, 2, np.uint8)
     label[annotated] = 0
     label[annotated & sheet & recto] = 1

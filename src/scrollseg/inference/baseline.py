@@ -17,14 +17,17 @@ def threshold_predict(image: np.ndarray, threshold: int, min_component: int) -> 
     return binarise(image.astype(np.float32), float(threshold), 0.0, min_component)
 
 
-def tune_threshold(pairs: list[tuple[np.ndarray, np.ndarray]], thresholds=None, min_components=(0, 64, 512)) -> tuple[int, int, float]:
-    """Best (threshold, min_component, mean score) over a grid, on (image, label) pairs."""
-    if thresholds is None:
-        values = np.concatenate([img[::4, ::4, ::4].ravel() for img, _ in pairs])
-        thresholds = sorted({int(np.percentile(values, q)) for q in range(50, 100, 4)})
-    best = (0, 0, -1.0)
-    for t, m in itertools.product(thresholds, min_components):
-        score = float(np.mean([score_volume(label, threshold_predict(img, t, m)).leaderboard for img, label in pairs]))
-        if score > best[2]:
-            best = (t, m, score)
-    return best
+def tune_threshold(pairs: list[tuple[np.ndarray, np.ndarray]], min_components=(0, 64, 512)) -> tuple[int, int, float]:
+    """Best (threshold, min_component, mean score) on (image, label) pairs.
+
+    A coarse sweep over intensity percentiles, then a finer one around the best."""
+
+    def mean_score(t: int, m: int) -> float:
+        return float(np.mean([score_volume(label, threshold_predict(img, t, m)).leaderboard for img, label in pairs]))
+
+    values = np.concatenate([img[::4, ::4, ::4].ravel() for img, _ in pairs])
+    coarse = sorted({int(np.percentile(values, q)) for q in range(50, 100, 8)})
+    best = max(((t, m, mean_score(t, m)) for t, m in itertools.product(coarse, min_components)), key=lambda r: r[2])
+    step = max(1, (coarse[-1] - coarse[0]) // (2 * len(coarse)))
+    fine = [best[0] + d * step for d in (-2, -1, 1, 2)]
+    return max([best] + [(t, best[1], mean_score(t, best[1])) for t in fine], key=lambda r: r[2])

@@ -1,0 +1,139 @@
+import warnings
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from scrollseg.config import AugmentConfig
+from scrollseg.data.augment import augment_batch
+from scrollseg.data.cache import VolumeCache
+from scrollseg.data.io import read_volume, write_volume
+from scrollseg.data.layout import list_volumes
+from scrollseg.data.sampler import PatchSampler, crop_padded
+from scrollseg.errors import DataError
+
+
+def test_synthetic_layout(small_dataset):
+    refs = list_volumes(small_dataset, "train")
+    assert [r.id for r in refs] == ["1000", "1001", "1002", "1003"]
+    image, label = read_volume(refs[0].image), read_volume(refs[0].label)
+    assert image.shape == label.shape == (48, 56, 64) and image.dtype == np.uint8
+    counts = np.bincount(label.ravel(), minlength=3) / label.size
+    assert set(np.unique(label)) <= {0, 1, 2}
+    assert 0.3 < counts[2] < 0.9, "most voxels are unlabelled"
+    assert 0.01 < counts[1] < 0.2
+    assert (small_dataset / "test_labels" / "9000.tif").is_file()
+    with tifffile.TiffFile(refs[0].image) as tif:
+        assert tif.pages[0].compression == 5  # LZW
+
+
+def test_recto_face_is_inside_the_sheet_toward_the_centre(small_dataset):
+    ref = list_volumes(small_dataset, "train")[1]
+    image, label = read_volume(ref.image).astype(float), read_volume(ref.label)
+    # surface voxels sit on bright papyrus, background voxels are mostly dark
+    assert image[label == 1].mean() > image[label == 0].mean() + 20
+
+
+def test_missing_files_are_skipped_with_one_warning(small_dataset, tmp_path):
+    (tmp_path / "train_images").mkdir()
+    (tmp_path / "train_labels").mkdir()
+    for sub in ("train_images", "train_labels"):
+        (tmp_path / sub / "1.tif").write_bytes((small_dataset / sub / "1000.tif").read_bytes())
+    (tmp_path / "train.csv").write_text("id,scroll_id\n1,a\n2,a\n3,b\n")
+    with pytest.warns(UserWarning, match="2 id"):
+        refs = list_volumes(tmp_path, "train")
+    assert [r.id for r in refs] == ["1"]
+
+
+@pytest.mark.parametrize(
+    "array,message",
+    [
+        (np.zeros((8, 8), np.uint8), "3D"),
+        (np.zeros((5, 8, 8), np.uint16), "uint8"),
+    ],
+)
+def test_bad_tiffs_are_refused(tmp_path, array, message):
+    path = tmp_path / "bad.tif"
+    tifffile.imwrite(path, array)
+    with pytest.raises(DataError, match=message):
+        read_volume(path)
+
+
+def test_truncated_and_oversized_tiffs(tmp_path):
+    path = tmp_path / "v.tif"
+    write_volume(path, np.random.default_rng(0).integers(0, 255, (16, 16, 16), dtype=np.uint8))
+    data = path.read_bytes()
+    (tmp_path / "cut.tif").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="cut.tif"):
+        read_volume(tmp_path / "cut.tif")
+    with pytest.raises(DataError, match="over the limit"):
+        read_volume(path, max_voxels=1000)
+
+
+def test_cache_memmaps_and_finds_foreground(small_dataset, tmp_path):
+    ref = list_volumes(small_dataset, "train")[0]
+    cache = VolumeCache(tmp_path, 10**9)
+    vol = cache.load(ref)
+    assert isinstance(vol.image, np.memmap)
+    label = read_volume(ref.label)
+    assert np.array_equal(np.asarray(vol.label), label)
+    assert np.array_equal(vol.foreground, np.flatnonzero(label == 1))
+    entry = next(tmp_path.iterdir())
+    mtime = (entry / "image.npy").stat().st_mtime_ns
+    cache.load(ref)
+    assert (entry / "image.npy").stat().st_mtime_ns == mtime, "decoded only once"
+
+
+def test_label_checks(small_dataset, tmp_path):
+    for sub in ("train_images", "train_labels"):
+        (tmp_path / sub).mkdir()
+    image = read_volume(small_dataset / "train_images" / "1000.tif")
+    write_volume(tmp_path / "train_images" / "a.tif", image)
+    bad = np.full(image.shape, 3, np.uint8)
+    write_volume(tmp_path / "train_labels" / "a.tif", bad)
+    (tmp_path / "train.csv").write_text("id,scroll_id\na,s\n")
+    with pytest.raises(DataError, match="outside"):
+        VolumeCache(tmp_path / "c", 10**9).load(list_volumes(tmp_path, "train")[0])
+    write_volume(tmp_path / "train_labels" / "a.tif", np.zeros((4, 4, 4), np.uint8))
+    with pytest.raises(DataError, match="differs"):
+        VolumeCache(tmp_path / "c", 10**9).load(list_volumes(tmp_path, "train")[0])
+
+
+def test_sampler_is_a_function_of_the_step_and_pads(small_dataset, tmp_path):
+    vols = [VolumeCache(tmp_path, 10**9).load(r) for r in list_volumes(small_dataset, "train")]
+    s = PatchSampler(vols, (64, 64, 64), 3, 0.5, seed=1)
+    a, b = s.batch(5, 0), s.batch(5, 0)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(a["image"], s.batch(6, 0)["image"])
+    assert a["image"].shape == (3, 64, 64, 64)  # larger than the 48x56x64 volumes: padded
+    assert (a["label"][:, :8] == 2).all(), "padding is ignored"
+    other_rank = PatchSampler(vols, (16, 16, 16), 3, 0.5, seed=1, rank=1)
+    assert not np.array_equal(PatchSampler(vols, (16, 16, 16), 3, 0.5, seed=1).batch(0)["image"], other_rank.batch(0)["image"])
+
+
+def test_foreground_oversampling(small_dataset, tmp_path):
+    vols = [VolumeCache(tmp_path, 10**9).load(r) for r in list_volumes(small_dataset, "train")]
+    always = PatchSampler(vols, (8, 8, 8), 16, 1.0, seed=0).batch(0)["label"]
+    never = PatchSampler(vols, (8, 8, 8), 16, 0.0, seed=0).batch(0)["label"]
+    assert ((always == 1).reshape(16, -1).any(1)).all()
+    assert (always == 1).mean() > (never == 1).mean()
+
+
+def test_crop_padded():
+    arr = np.arange(27, dtype=np.uint8).reshape(3, 3, 3)
+    out = crop_padded(arr, np.array([-1, 0, 1]), (3, 3, 3), 99)
+    assert (out[0] == 99).all() and (out[:, :, 2] == 99).all()
+    assert out[1, 0, 0] == arr[0, 0, 1]
+
+
+def test_augmentation_keeps_image_and_label_aligned():
+    rng = np.random.default_rng(0)
+    label = torch.from_numpy((rng.random((4, 12, 12, 12)) < 0.3).astype(np.uint8))
+    image = label * 200 + 20
+    mean, std = torch.full((4,), 0.3), torch.full((4,), 0.3)
+    cfg = AugmentConfig(intensity_scale=0.1, intensity_shift=0.1, gamma=0.2, noise_std=0.0)
+    x, y = augment_batch(image.to(torch.uint8), label, mean, std, cfg, torch.Generator().manual_seed(1))
+    assert x.shape == y.shape == (4, 1, 12, 12, 12)
+    assert torch.equal(x > 0.5, y == 1)
+    assert not torch.equal(y[:, 0], label), "some sample was flipped or rotated"
