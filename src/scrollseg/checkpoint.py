@@ -83,6 +83,11 @@ class RunDir:
     def save_best(self, state: dict) -> None:
         atomic_save(state, self.checkpoints / "best.pt")
 
+    def remove_temporary_files(self) -> None:
+        if self.checkpoints.is_dir():
+            for tmp in self.checkpoints.glob(".*.tmp*"):
+                tmp.unlink(missing_ok=True)
+
     def resume_candidates(self) -> list[Path]:
         """Newest first: step files by step, then last.pt."""
         paths = [p for _, p in reversed(self.step_files())]

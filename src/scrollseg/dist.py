@@ -60,6 +60,14 @@ def broadcast_flag(flag: bool, info: DistInfo, device: torch.device) -> bool:
     return bool(t.item() > 0)
 
 
+def all_gather_object(obj, info: DistInfo) -> list:
+    if not info.enabled:
+        return [obj]
+    out = [None] * info.world
+    tdist.all_gather_object(out, obj)
+    return out
+
+
 def shutdown(info: DistInfo) -> None:
     if info.enabled and tdist.is_initialized():
         tdist.destroy_process_group()

@@ -26,7 +26,7 @@ from ..data.cache import VolumeCache
 from ..data.layout import VolumeRef, list_volumes
 from ..data.loader import make_loader
 from ..data.sampler import PatchSampler
-from ..errors import DataError
+from ..errors import DataError, ScrollsegError
 from ..inference.postprocess import binarise
 from ..inference.predict import probability_map
 from ..losses import segmentation_loss
@@ -81,6 +81,34 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def own_rng_state() -> dict:
+    np_state = np.random.get_state(legacy=False)
+    return {
+        "python": random.getstate(),
+        "numpy": {"bit_generator": np_state["bit_generator"], "key": np_state["state"]["key"].tolist(), "pos": int(np_state["state"]["pos"]),
+                  "has_gauss": int(np_state["has_gauss"]), "gauss": float(np_state["gauss"])},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def gather_rng_states(info: dist.DistInfo) -> dict:
+    """Every rank's RNG states (python, numpy, torch, CUDA), keyed by rank."""
+    return {str(rank): state for rank, state in enumerate(dist.all_gather_object(own_rng_state(), info))}
+
+
+def restore_rng_state(state: dict | None) -> None:
+    if not state:
+        return
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state({"bit_generator": n["bit_generator"], "state": {"key": np.asarray(n["key"], dtype=np.uint32), "pos": n["pos"]},
+                         "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def validate(model: torch.nn.Module, volumes, cfg: Config, device: torch.device) -> dict:
     """Mean leaderboard metric of the held-out volumes, with the inference settings."""
     model.eval()
@@ -130,6 +158,15 @@ def train(data_dir: Path | str, run_dir: Path | str, cfg: Config, progress: bool
 
     # ---- resume
     step, best_score, history = 0, None, []
+    micro_batch, accumulation = cfg.data.batch_size, cfg.optim.accumulation
+    if main:
+        try:
+            run.root.mkdir(parents=True, exist_ok=True)
+            run.remove_temporary_files()  # left by a kill during a write
+            run.config_path.write_text(dump_yaml(cfg))
+        except OSError as exc:
+            raise ScrollsegError(f"{run.root}: cannot write the run folder ({exc.strerror}); choose a writable RUN path") from exc
+    dist.barrier(info)
     ckpt = run.load_newest_valid()
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
@@ -139,25 +176,25 @@ def train(data_dir: Path | str, run_dir: Path | str, cfg: Config, progress: bool
         step = int(ckpt["step"])
         best_score = ckpt.get("best_score")
         history = list(ckpt.get("history", []))
+        # an out-of-memory fallback of an earlier session stays in force
+        micro_batch = int(ckpt.get("micro_batch", micro_batch))
+        accumulation = int(ckpt.get("accumulation", accumulation))
+        restore_rng_state(ckpt.get("rng", {}).get(str(info.rank)))
         log.truncate_after(step)
         say(f"resuming {run.root} at step {step}", main)
-    if main:
-        run.root.mkdir(parents=True, exist_ok=True)
-        run.config_path.write_text(dump_yaml(cfg))
     dist.barrier(info)
     net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if info.enabled else model
 
-    accumulation = cfg.optim.accumulation
-    global_batch = cfg.data.batch_size * info.world * accumulation
+    global_batch = micro_batch * info.world * accumulation
     say(
         f"train: {len(train_volumes)} volumes, validate: {len(val_volumes)} | device {device} x{info.world}, {precision.name} | "
-        f"global batch {global_batch} = {cfg.data.batch_size} per device x {info.world} devices x {accumulation} accumulation",
+        f"global batch {global_batch} = {micro_batch} per device x {info.world} devices x {accumulation} accumulation",
         main,
     )
     if step == 0:
         log.write({"step": 0, "event": "start", "global_batch": global_batch, "world": info.world, "precision": precision.name})
 
-    def state() -> dict:
+    def state(rng: dict) -> dict:
         return {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -169,42 +206,70 @@ def train(data_dir: Path | str, run_dir: Path | str, cfg: Config, progress: bool
             "config_digest": cfg.digest(),
             "version": __version__,
             "global_batch": global_batch,
-            "torch_rng": torch.get_rng_state(),
+            "micro_batch": micro_batch,
+            "accumulation": accumulation,
+            "rng": rng,
         }
 
-    sampler = PatchSampler(train_volumes, cfg.data.patch_size, cfg.data.batch_size, cfg.data.foreground_fraction, cfg.train.seed, info.rank)
-    loader = make_loader(sampler, step, cfg.train.steps, accumulation, cfg.data.num_workers, device.type == "cuda")
+    def open_batches():
+        sampler = PatchSampler(train_volumes, cfg.data.patch_size, micro_batch, cfg.data.foreground_fraction, cfg.train.seed, info.rank)
+        return iter(make_loader(sampler, step, cfg.train.steps, accumulation, cfg.data.num_workers, device.type == "cuda"))
+
+    def optimizer_step(lr: float) -> float:
+        """One optimizer step over ``accumulation`` micro-batches; returns the summed loss."""
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for micro in range(accumulation):
+            t_wait = time.perf_counter()
+            got_step, got_micro, batch = next(batches)
+            window["wait"] += time.perf_counter() - t_wait
+            assert (got_step, got_micro) == (step, micro), "loader out of order"
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            gen = torch.Generator().manual_seed(int(np.random.SeedSequence([cfg.train.seed, info.rank, step, micro]).generate_state(1)[0]))
+            x, y = augment_batch(batch["image"], batch["label"], batch["mean"], batch["std"], cfg.augment, gen)
+            sync = micro == accumulation - 1 or not info.enabled
+            with (contextlib.nullcontext() if sync else net.no_sync()), precision.autocast():
+                loss = segmentation_loss(net(x), y, cfg.loss.bce_weight, cfg.loss.dice_weight) / accumulation
+            scaler.scale(loss).backward()
+            total += float(loss.detach())
+        scaler.unscale_(optimizer)
+        if cfg.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        return total
+
     clock = Clock(cfg.train.minutes, cfg.train.time_limit, cfg.train.checkpoint_minutes)
     stop_reason = "steps" if step >= cfg.train.steps else ""
     window = {"loss": 0.0, "n": 0, "wait": 0.0, "t0": time.perf_counter()}
     net.train()
 
     with StopSignals() as signals:
-        batches = iter(loader)
+        batches = open_batches()
         while step < cfg.train.steps and not stop_reason:
             lr = learning_rate(step, cfg.train.steps, cfg.optim)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            optimizer.zero_grad(set_to_none=True)
-            for micro in range(accumulation):
-                t_wait = time.perf_counter()
-                got_step, got_micro, batch = next(batches)
-                window["wait"] += time.perf_counter() - t_wait
-                assert (got_step, got_micro) == (step, micro), "loader out of order"
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                gen = torch.Generator().manual_seed(int(np.random.SeedSequence([cfg.train.seed, info.rank, step, micro]).generate_state(1)[0]))
-                x, y = augment_batch(batch["image"], batch["label"], batch["mean"], batch["std"], cfg.augment, gen)
-                sync = micro == accumulation - 1 or not info.enabled
-                ctx = net.no_sync() if not sync else contextlib.nullcontext()
-                with ctx, precision.autocast():
-                    loss = segmentation_loss(net(x), y, cfg.loss.bce_weight, cfg.loss.dice_weight) / accumulation
-                scaler.scale(loss).backward()
-                window["loss"] += float(loss.detach())
-            scaler.unscale_(optimizer)
-            if cfg.optim.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
+            try:
+                window["loss"] += optimizer_step(lr)
+            except torch.cuda.OutOfMemoryError:
+                # keep the effective batch: half the micro-batch, twice the accumulation
+                optimizer.zero_grad(set_to_none=True)
+                del batches
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if info.enabled or micro_batch % 2:
+                    raise ScrollsegError(
+                        f"out of memory at step {step} with a micro-batch of {micro_batch}"
+                        f"{' on ' + str(info.world) + ' processes' if info.enabled else ''}; resume with a smaller "
+                        f"data.batch_size (and a larger optim.accumulation) or data.patch_size"
+                    ) from None
+                micro_batch //= 2
+                accumulation *= 2
+                log.write({"step": step, "event": "out_of_memory", "micro_batch": micro_batch, "accumulation": accumulation})
+                say(f"out of memory at step {step}: micro-batch {micro_batch} x {accumulation} accumulation, same effective batch", main)
+                batches = open_batches()
+                continue
             step += 1
             window["n"] += 1
 
@@ -230,7 +295,7 @@ def train(data_dir: Path | str, run_dir: Path | str, cfg: Config, progress: bool
                     say(f"step {step:>6} validation leaderboard {scores['val/leaderboard']:.4f}", main)
                     if best_score is None or scores["val/leaderboard"] > best_score:
                         best_score = scores["val/leaderboard"]
-                        run.save_best(state())
+                        run.save_best(state({"0": own_rng_state()} if not info.enabled else {}))
                 dist.barrier(info)
 
             stop = signals.received or ("time-limit" if clock.deadline_near() else None) or ("minutes" if clock.budget_spent() else None)
@@ -239,14 +304,15 @@ def train(data_dir: Path | str, run_dir: Path | str, cfg: Config, progress: bool
                 stop_reason = stop
             finished = step >= cfg.train.steps
             periodic = step % cfg.train.checkpoint_steps == 0 or clock.checkpoint_due()
-            if main and (finished or stop or periodic):
-                run.save(state(), step, cfg.train.keep_last, final=finished or stop == "minutes")
             if finished or stop or periodic:
+                rng = gather_rng_states(info)  # a collective: every rank takes part
+                if main:
+                    run.save(state(rng), step, cfg.train.keep_last, final=finished or stop == "minutes")
                 clock.checkpointed()
             if finished:
                 stop_reason = "steps"
 
-    del batches, loader
+    del batches
     if stop_reason in ("time-limit",) or stop_reason.startswith("SIG") or stop_reason == "peer":
         say(f"stopped at step {step} ({stop_reason}); checkpoint saved. Resume with the same command: scrollseg train {data_dir} {run.root}", main)
     dist.barrier(info)
