@@ -64,6 +64,7 @@ def test_resume_refuses_a_changed_config(small_dataset, tmp_path):
     assert build_train_config(run, None, ["train.steps=4"]).train.steps == 4  # budgets may change
     with pytest.raises(ConfigError, match="optim.lr"):
         build_train_config(run, None, ["optim.lr=0.5"])
+    assert build_train_config(run, None, ["optim.lr=0.5"], ["optim.lr"]).optim.lr == 0.5
 
 
 def test_damaged_newest_checkpoint_falls_back(small_dataset, tmp_path):

@@ -16,7 +16,7 @@ def _warning_line(message, category, filename, lineno, line=None) -> str:
     return f"warning: {message}\n"
 
 
-def build_train_config(run: Path, preset: str | None, overrides: list[str]):
+def build_train_config(run: Path, preset: str | None, overrides: list[str], allow_change: list[str] = ()):
     """The run's saved config when it exists, else the preset; overrides on top. Changes to a
     saved run are refused unless they only touch keys that may differ between sessions."""
     from .checkpoint import RunDir
@@ -30,9 +30,12 @@ def build_train_config(run: Path, preset: str | None, overrides: list[str]):
     wanted = build_config(preset, overrides) if preset else from_dict(merge(saved.to_dict(), parse_overrides(overrides)))
     mutable = ("train.steps", "train.minutes", "train.time_limit", "train.checkpoint", "train.val_every", "train.log_every",
                "train.keep_last", "train.threads", "data.num_workers", "inference.")
-    changes = [c for c in diff(saved, wanted) if not c.startswith(mutable)]
+    changes = [c for c in diff(saved, wanted) if not c.startswith(mutable + tuple(allow_change))]
     if changes:
-        raise ConfigError(f"{saved_path}: the run was started with another config ({'; '.join(changes)}); use a new run folder or drop these settings")
+        raise ConfigError(
+            f"{saved_path}: the run was started with another config ({'; '.join(changes)}); "
+            f"use a new run folder, drop these settings, or name them with --allow-change KEY"
+        )
     return wanted
 
 
@@ -59,7 +62,7 @@ def cmd_train(args) -> None:
         overrides.append(f"train.checkpoint_steps={args.checkpoint_steps}")
     if args.time_limit is not None:
         overrides.append(f"train.time_limit={args.time_limit}")
-    cfg = build_train_config(Path(args.run), args.preset, overrides)
+    cfg = build_train_config(Path(args.run), args.preset, overrides, args.allow_change)
     result = train(args.data, args.run, cfg)
     if result.stop_reason not in ("steps", "minutes"):
         sys.exit(3)  # interrupted: the run is resumable, but not finished
@@ -114,6 +117,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-minutes", type=float)
     p.add_argument("--checkpoint-steps", type=int)
     p.add_argument("--time-limit", help="checkpoint and stop before this wall time, e.g. 11h45m")
+    p.add_argument("--allow-change", action="append", default=[], metavar="KEY",
+                   help="let a resumed run take a new value for KEY (a dotted key or section), e.g. optim.lr")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-3")
     p.set_defaults(func=cmd_train)
 

@@ -6,6 +6,7 @@ is refused before any voxel is decoded.
 from __future__ import annotations
 
 import io
+import logging
 import os
 from pathlib import Path
 
@@ -15,6 +16,8 @@ import tifffile
 from ..errors import DataError
 
 DEFAULT_MAX_VOXELS = 1024**3
+# damaged files are reported by our own one-line errors, not by tifffile's log
+logging.getLogger("tifffile").setLevel(logging.CRITICAL)
 
 
 def _check_header(tif: tifffile.TiffFile, name: str, max_voxels: int) -> None:
@@ -22,6 +25,9 @@ def _check_header(tif: tifffile.TiffFile, name: str, max_voxels: int) -> None:
         raise DataError(f"{name}: TIFF holds no image; replace the file")
     series = tif.series[0]
     shape = tuple(int(s) for s in series.shape)
+    announced = (tif.shaped_metadata or [{}])[0].get("shape")
+    if announced and tuple(announced) != shape:
+        raise DataError(f"{name}: unreadable or truncated TIFF (header announces {tuple(announced)}, found {shape}); re-download or re-export it")
     squeezed = tuple(s for s in shape if s != 1) if len(shape) > 3 else shape
     if len(squeezed) != 3:
         raise DataError(f"{name}: expected a 3D volume, found shape {shape}; export one z-stack per file")

@@ -135,6 +135,14 @@ def train(data_dir: Path | str, run_dir: Path | str, cfg: Config, progress: bool
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not cfg.train.deterministic
 
+    if main:
+        try:
+            run.root.mkdir(parents=True, exist_ok=True)
+            run.remove_temporary_files()  # left by a kill during a write
+            run.config_path.write_text(dump_yaml(cfg))
+        except OSError as exc:
+            raise ScrollsegError(f"{run.root}: cannot write the run folder ({exc.strerror}); choose a writable RUN path") from exc
+
     # ---- data
     refs = list_volumes(data_dir, "train")
     if not refs:
@@ -159,14 +167,6 @@ def train(data_dir: Path | str, run_dir: Path | str, cfg: Config, progress: bool
     # ---- resume
     step, best_score, history = 0, None, []
     micro_batch, accumulation = cfg.data.batch_size, cfg.optim.accumulation
-    if main:
-        try:
-            run.root.mkdir(parents=True, exist_ok=True)
-            run.remove_temporary_files()  # left by a kill during a write
-            run.config_path.write_text(dump_yaml(cfg))
-        except OSError as exc:
-            raise ScrollsegError(f"{run.root}: cannot write the run folder ({exc.strerror}); choose a writable RUN path") from exc
-    dist.barrier(info)
     ckpt = run.load_newest_valid()
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
