@@ -108,7 +108,7 @@ def test_sampler_is_a_function_of_the_step_and_pads(small_dataset, tmp_path):
     assert not np.array_equal(a["image"], s.batch(6, 0)["image"])
     assert a["image"].shape == (3, 64, 64, 64)  # larger than the 48x56x64 volumes: padded
     assert (a["label"][:, :8] == 2).all(), "padding is ignored"
-    other_rank = PatchSampler(vols, (16, 16, 16), 3, 0.5, seed=1, rank=1)
+    other_rank = PatchSampler(vols, (16, 16, 16), 3, 0.5, seed=1, rank=1, world=2)
     assert not np.array_equal(PatchSampler(vols, (16, 16, 16), 3, 0.5, seed=1).batch(0)["image"], other_rank.batch(0)["image"])
 
 
@@ -137,3 +137,11 @@ def test_augmentation_keeps_image_and_label_aligned():
     assert x.shape == y.shape == (4, 1, 12, 12, 12)
     assert torch.equal(x > 0.5, y == 1)
     assert not torch.equal(y[:, 0], label), "some sample was flipped or rotated"
+
+
+def test_ranks_see_the_micro_batches_of_one_accumulating_process(small_dataset, tmp_path):
+    vols = [VolumeCache(tmp_path, 10**9).load(r) for r in list_volumes(small_dataset, "train")]
+    single = PatchSampler(vols, (16, 16, 16), 2, 0.5, seed=4)
+    ranks = [PatchSampler(vols, (16, 16, 16), 2, 0.5, seed=4, rank=r, world=2) for r in range(2)]
+    for rank in range(2):
+        assert np.array_equal(ranks[rank].batch(9, 0)["image"], single.batch(9, rank)["image"])

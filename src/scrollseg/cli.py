@@ -47,7 +47,7 @@ def cmd_synth(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from .engine.trainer import train
+    from .launch import train
 
     overrides = list(args.overrides)
     if args.steps is not None:
@@ -63,8 +63,8 @@ def cmd_train(args) -> None:
     if args.time_limit is not None:
         overrides.append(f"train.time_limit={args.time_limit}")
     cfg = build_train_config(Path(args.run), args.preset, overrides, args.allow_change)
-    result = train(args.data, args.run, cfg)
-    if result.stop_reason not in ("steps", "minutes"):
+    result = train(cfg, args.data, args.run, devices=args.devices, strategy=args.strategy)
+    if result is not None and result.stop_reason not in ("steps", "minutes"):
         sys.exit(3)  # interrupted: the run is resumable, but not finished
 
 
@@ -76,7 +76,7 @@ def cmd_predict(args) -> None:
         overrides["tta"] = args.tta
     if args.threshold is not None:
         overrides["threshold"] = args.threshold
-    out = predict_to_submission(args.checkpoint, args.images, args.out, args.csv, args.device, overrides)
+    out = predict_to_submission(args.checkpoint, args.images, args.out, args.csv, args.device, overrides, devices=args.devices)
     print(f"wrote {out}")
 
 
@@ -117,6 +117,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-minutes", type=float)
     p.add_argument("--checkpoint-steps", type=int)
     p.add_argument("--time-limit", help="checkpoint and stop before this wall time, e.g. 11h45m")
+    p.add_argument("--devices", default="auto", help="processes to train with: a number or 'auto' (every GPU; 1 on a CPU)")
+    p.add_argument("--strategy", choices=("ddp", "dp"), default="ddp", help="ddp (default) or dp: DataParallel in one process")
     p.add_argument("--allow-change", action="append", default=[], metavar="KEY",
                    help="let a resumed run take a new value for KEY (a dotted key or section), e.g. optim.lr")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-3")
@@ -127,7 +129,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("images", help="test_images folder or dataset root")
     p.add_argument("--out", default="submission.zip")
     p.add_argument("--csv", help="test.csv listing the ids that must be present")
-    p.add_argument("--device")
+    p.add_argument("--device", help="e.g. cuda:1 or cpu, for one process")
+    p.add_argument("--devices", default="1", help="processes to spread the volumes over: a number or 'auto' (every GPU)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--threshold", type=float)
     p.set_defaults(func=cmd_predict)

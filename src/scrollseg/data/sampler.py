@@ -1,9 +1,11 @@
 """Random training patches with foreground oversampling, as a pure function of the step.
 
-The patches of micro-batch ``micro`` at optimizer step ``step`` on rank ``rank`` come
-from a generator seeded with ``(seed, rank, step, micro)``. Resuming at a step
-therefore continues the exact sequence with no sampler state to save, and each rank
-draws different patches.
+Each optimizer step draws ``world x accumulation`` micro-batches, numbered
+``slot = micro * world + rank``; slot ``k`` of step ``s`` comes from a generator
+seeded with ``(seed, s, k)``. Resuming at a step therefore continues the exact
+sequence with no sampler state to save, each rank draws different patches, and
+N ranks see exactly the patches one process sees with N-fold accumulation, so the
+two runs train the same model.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ def crop_padded(arr: np.ndarray, start: np.ndarray, size: tuple[int, ...], fill:
 
 
 class PatchSampler:
-    def __init__(self, volumes: list[CachedVolume], patch_size, batch_size: int, foreground_fraction: float, seed: int, rank: int = 0):
+    def __init__(self, volumes: list[CachedVolume], patch_size, batch_size: int, foreground_fraction: float, seed: int, rank: int = 0, world: int = 1):
         if not volumes:
             raise ValueError("PatchSampler needs at least one volume")
         self.volumes = volumes
@@ -37,6 +39,10 @@ class PatchSampler:
         self.foreground_fraction = foreground_fraction
         self.seed = seed
         self.rank = rank
+        self.world = world
+
+    def slot(self, micro: int) -> int:
+        return micro * self.world + self.rank
 
     def _start(self, vol: CachedVolume, rng: np.random.Generator) -> np.ndarray:
         shape = np.asarray(vol.shape)
@@ -52,7 +58,7 @@ class PatchSampler:
         return np.where(shape < patch, (shape - patch) // 2, start)
 
     def batch(self, step: int, micro: int = 0) -> dict[str, np.ndarray]:
-        rng = np.random.default_rng([self.seed, self.rank, step, micro])
+        rng = np.random.default_rng([self.seed, step, self.slot(micro)])
         images, labels, means, stds = [], [], [], []
         for _ in range(self.batch_size):
             vol = self.volumes[rng.integers(len(self.volumes))]

@@ -122,7 +122,10 @@ def validate(model: torch.nn.Module, volumes, cfg: Config, device: torch.device)
     return {f"val/{k}": float(np.mean([getattr(s, k) for s in scores])) for k in keys}
 
 
-def train(data_dir: Path | str, run_dir: Path | str, cfg: Config, progress: bool = True) -> TrainResult:
+def train(data_dir: Path | str, run_dir: Path | str, cfg: Config, progress: bool = True, strategy: str = "ddp") -> TrainResult:
+    """Train (or resume) the run in ``run_dir`` in this process, as one rank of torchrun's
+    group when its environment says so. ``strategy="dp"`` wraps the model in DataParallel
+    over every visible GPU instead."""
     info = dist.from_environment()
     device = dist.init(info)
     main = info.is_main
@@ -181,9 +184,14 @@ def train(data_dir: Path | str, run_dir: Path | str, cfg: Config, progress: bool
         accumulation = int(ckpt.get("accumulation", accumulation))
         restore_rng_state(ckpt.get("rng", {}).get(str(info.rank)))
         log.truncate_after(step)
-        say(f"resuming {run.root} at step {step}", main)
+        say(f"resuming {run.root} at step {step}" + (f" (rank {info.rank})" if info.enabled else ""))
     dist.barrier(info)
-    net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if info.enabled else model
+    if info.enabled:
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    elif strategy == "dp" and torch.cuda.device_count() > 1:
+        net = torch.nn.DataParallel(model)
+    else:
+        net = model
 
     global_batch = micro_batch * info.world * accumulation
     say(
@@ -212,7 +220,7 @@ def train(data_dir: Path | str, run_dir: Path | str, cfg: Config, progress: bool
         }
 
     def open_batches():
-        sampler = PatchSampler(train_volumes, cfg.data.patch_size, micro_batch, cfg.data.foreground_fraction, cfg.train.seed, info.rank)
+        sampler = PatchSampler(train_volumes, cfg.data.patch_size, micro_batch, cfg.data.foreground_fraction, cfg.train.seed, info.rank, info.world)
         return iter(make_loader(sampler, step, cfg.train.steps, accumulation, cfg.data.num_workers, device.type == "cuda"))
 
     def optimizer_step(lr: float) -> float:
@@ -227,7 +235,8 @@ def train(data_dir: Path | str, run_dir: Path | str, cfg: Config, progress: bool
             window["wait"] += time.perf_counter() - t_wait
             assert (got_step, got_micro) == (step, micro), "loader out of order"
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            gen = torch.Generator().manual_seed(int(np.random.SeedSequence([cfg.train.seed, info.rank, step, micro]).generate_state(1)[0]))
+            slot = micro * info.world + info.rank  # as the sampler numbers micro-batches
+            gen = torch.Generator().manual_seed(int(np.random.SeedSequence([cfg.train.seed, step, slot]).generate_state(1)[0]))
             x, y = augment_batch(batch["image"], batch["label"], batch["mean"], batch["std"], cfg.augment, gen)
             sync = micro == accumulation - 1 or not info.enabled
             with (contextlib.nullcontext() if sync else net.no_sync()), precision.autocast():

@@ -1,6 +1,8 @@
 """Whole-volume prediction with a trained model, and the ``predict`` command's loop."""
 from __future__ import annotations
 
+import os
+import shutil
 import threading
 from pathlib import Path
 from queue import Queue
@@ -11,7 +13,8 @@ import torch
 from ..checkpoint import load_checkpoint, resolve_checkpoint
 from ..config import Config, InferenceConfig, from_dict
 from ..data.cache import intensity_stats
-from ..data.io import read_volume
+from ..data.io import read_header_shape, read_volume, write_volume
+from ..errors import DataError
 from ..data.layout import VolumeRef, images_in
 from ..models import build_model
 from .postprocess import binarise
@@ -86,6 +89,29 @@ def _prefetch(refs: list[VolumeRef], max_voxels: int, depth: int = 2):
         yield ref, image
 
 
+def predict_masks(checkpoint: Path | str, refs: list[VolumeRef], device: torch.device, overrides: dict | None, progress: bool):
+    """Yield ``(ref, mask, image_shape)`` for each volume, reading ahead in a thread."""
+    model, cfg = load_model(checkpoint, device)
+    for key, value in (overrides or {}).items():
+        setattr(cfg.inference, key, value)
+    items = _prefetch(refs, cfg.data.max_voxels)
+    if progress:
+        from tqdm import tqdm
+
+        items = tqdm(items, total=len(refs), desc="predict", unit="vol")
+    for ref, image in items:
+        prob = probability_map(model, image, cfg.inference, cfg.tile_size(), device)
+        yield ref, binarise(prob, cfg.inference.threshold, cfg.inference.hysteresis_low, cfg.inference.min_component), image.shape
+
+
+def _predict_share(checkpoint, refs: list[VolumeRef], parts: Path, overrides: dict | None) -> None:
+    """One worker of a multi-device prediction: every world-th volume, written to ``parts``."""
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    device = torch.device("cuda", rank) if torch.cuda.is_available() else torch.device("cpu")
+    for ref, mask, _ in predict_masks(checkpoint, refs[rank::world], device, overrides, progress=False):
+        write_volume(parts / f"{ref.id}.tif", mask)
+
+
 def predict_to_submission(
     checkpoint: Path | str,
     images: Path | str,
@@ -94,22 +120,28 @@ def predict_to_submission(
     device: str | torch.device | None = None,
     overrides: dict | None = None,
     progress: bool = True,
+    devices: int | str = 1,
 ) -> Path:
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, cfg = load_model(checkpoint, device)
-    for key, value in (overrides or {}).items():
-        setattr(cfg.inference, key, value)
+    """Predict every test volume into ``out``; ``devices`` > 1 spreads volumes over processes."""
+    from ..launch import resolve_devices, run_processes
+
     refs = images_in(images, csv_path)
     if not refs:
-        raise FileNotFoundError(f"{images}: no .tif volumes found")
+        raise DataError(f"{images}: no .tif volumes found; give the test_images folder or the dataset root")
+    resolve_checkpoint(checkpoint)  # fail before any work when there is none
+    n = min(resolve_devices(devices), len(refs))
     with SubmissionWriter(out, {r.id for r in refs}) as writer:
-        items = _prefetch(refs, cfg.data.max_voxels)
-        if progress:
-            from tqdm import tqdm
-
-            items = tqdm(items, total=len(refs), desc="predict", unit="vol")
-        for ref, image in items:
-            prob = probability_map(model, image, cfg.inference, cfg.tile_size(), device)
-            mask = binarise(prob, cfg.inference.threshold, cfg.inference.hysteresis_low, cfg.inference.min_component)
-            writer.add(ref.id, mask, image.shape)
+        if n == 1:
+            device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+            for ref, mask, shape in predict_masks(checkpoint, refs, device, overrides, progress):
+                writer.add(ref.id, mask, shape)
+        else:
+            parts = writer.tmp.with_name(writer.tmp.name + ".parts")
+            parts.mkdir()
+            try:
+                run_processes(_predict_share, (checkpoint, refs, parts, overrides), n)
+                for ref in refs:
+                    writer.add(ref.id, read_volume(parts / f"{ref.id}.tif"), read_header_shape(ref.image))
+            finally:
+                shutil.rmtree(parts, ignore_errors=True)
     return Path(out)

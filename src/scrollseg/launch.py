@@ -1,0 +1,147 @@
+"""How many processes work, and how they start; one code path for every setup.
+
+- One device or the CPU: in this process.
+- torchrun (``torchrun --nproc_per_node N -m scrollseg train ...``, also multi-node):
+  the trainer recognises torchrun's environment and joins its process group.
+- ``scrollseg train --devices N`` from a terminal, or ``scrollseg.train(..., devices=N)``
+  from a notebook: N workers are started here with fork (spawn where the platform has
+  no fork) and meet on a free localhost port. Fork is what makes this work inside a
+  notebook, where spawn would have to re-import the notebook's ``__main__``; it
+  requires that this process has not initialised CUDA yet.
+- DataParallel (``strategy="dp"``): one process over all visible GPUs, kept as an
+  explicit fallback.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import socket
+import sys
+import traceback
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .config import Config, build_config, from_dict, merge, parse_overrides
+from .errors import ScrollsegError
+
+
+def resolve_devices(devices: int | str | None) -> int:
+    """``"auto"``: every visible GPU (1 on a CPU-only machine); an int: that many processes."""
+    if devices in (None, "auto"):
+        return max(1, torch.cuda.device_count())
+    try:
+        n = int(devices)
+    except (TypeError, ValueError):
+        raise ScrollsegError(f"--devices {devices!r}: give a number of processes or 'auto'") from None
+    if n < 1:
+        raise ScrollsegError(f"--devices {n}: need at least one process")
+    if torch.cuda.is_available() and n > torch.cuda.device_count():
+        raise ScrollsegError(f"--devices {n}: only {torch.cuda.device_count()} GPU(s) are visible")
+    return n
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, results, fn: Callable, args: tuple) -> None:
+    os.environ.update(
+        {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world),
+         "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    )
+    if not torch.cuda.is_available():
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    try:
+        results.put((rank, fn(*args)))
+    except ScrollsegError as exc:
+        print(f"error (rank {rank}): {exc}", file=sys.stderr, flush=True)
+        os._exit(exc.exit_code)
+    except BaseException:
+        traceback.print_exc()
+        os._exit(1)
+
+
+def run_processes(fn: Callable, args: tuple, nprocs: int):
+    """Run ``fn(*args)`` in ``nprocs`` fresh ranks; returns rank 0's result."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        raise ScrollsegError(
+            "CUDA is already initialised in this process, so worker processes cannot be forked from it; "
+            "restart the kernel and start training before anything else touches the GPU"
+        )
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    ctx = mp.get_context(method)
+    results = ctx.SimpleQueue()
+    port = _free_port()
+    procs = [ctx.Process(target=_worker, args=(r, nprocs, port, results, fn, args), daemon=False) for r in range(nprocs)]
+    for p in procs:
+        p.start()
+
+    def forward(signum, _frame):  # a stop request reaches every rank, which checkpoints
+        for p in procs:
+            if p.is_alive():
+                os.kill(p.pid, signum)
+
+    previous = {}
+    try:
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+            previous[sig] = signal.signal(sig, forward)
+    except ValueError:  # not the main thread
+        previous.clear()
+    try:
+        failed = None
+        while any(p.is_alive() for p in procs) and failed is None:
+            for p in procs:
+                p.join(timeout=0.2)
+                if p.exitcode not in (None, 0):
+                    failed = p
+                    break
+        if failed is not None:
+            for p in procs:
+                if p.is_alive():
+                    p.terminate()
+            for p in procs:
+                p.join()
+            code = failed.exitcode
+            err = ScrollsegError(f"worker process {procs.index(failed)} of {nprocs} failed (exit code {code}); its message is above")
+            err.exit_code = code if isinstance(code, int) and code > 0 else 1
+            raise err
+        out = {}
+        while not results.empty():
+            rank, value = results.get()
+            out[rank] = value
+        return out.get(0)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _as_config(config: Config | str | dict | Path, overrides: list[str] | None) -> Config:
+    if isinstance(config, (str, Path)):
+        return build_config(str(config), overrides)
+    base = config.to_dict() if isinstance(config, Config) else config
+    return from_dict(merge(base, parse_overrides(overrides or [])))
+
+
+def train(config: Config | str | dict, data: str | Path, run: str | Path, devices: int | str = "auto", strategy: str = "ddp",
+          overrides: list[str] | None = None, progress: bool = True):
+    """Train from Python or a notebook: ``scrollseg.train("tiny", "data", "runs/a", devices="auto")``.
+
+    ``config`` is a Config, a preset name or .yaml path, or a dict; ``devices`` the number
+    of processes (``"auto"``: every GPU). Returns rank 0's TrainResult.
+    """
+    from .engine.trainer import train as train_loop
+
+    cfg = _as_config(config, overrides)
+    if strategy not in ("ddp", "dp"):
+        raise ScrollsegError(f"strategy {strategy!r}: use 'ddp' or 'dp' (DataParallel)")
+    if "WORLD_SIZE" in os.environ or strategy == "dp":
+        return train_loop(data, run, cfg, progress, strategy)  # torchrun started us, or one DataParallel process
+    n = resolve_devices(devices)
+    if n == 1:
+        return train_loop(data, run, cfg, progress)
+    return run_processes(train_loop, (data, run, cfg, progress), n)
