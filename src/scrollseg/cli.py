@@ -20,22 +20,14 @@ def build_train_config(run: Path, preset: str | None, overrides: list[str], allo
     """The run's saved config when it exists, else the preset; overrides on top. Changes to a
     saved run are refused unless they only touch keys that may differ between sessions."""
     from .checkpoint import RunDir
-    from .config import build_config, diff, from_dict, merge, parse_overrides, read_yaml
-    from .errors import ConfigError
+    from .config import build_config, check_resumable, from_dict, merge, parse_overrides, read_yaml
 
     saved_path = RunDir(run).config_path
     if not saved_path.is_file():
         return build_config(preset or "default", overrides)
     saved = from_dict(read_yaml(saved_path))
     wanted = build_config(preset, overrides) if preset else from_dict(merge(saved.to_dict(), parse_overrides(overrides)))
-    mutable = ("train.steps", "train.minutes", "train.time_limit", "train.checkpoint", "train.val_every", "train.log_every",
-               "train.keep_last", "train.threads", "data.num_workers", "inference.")
-    changes = [c for c in diff(saved, wanted) if not c.startswith(mutable + tuple(allow_change))]
-    if changes:
-        raise ConfigError(
-            f"{saved_path}: the run was started with another config ({'; '.join(changes)}); "
-            f"use a new run folder, drop these settings, or name them with --allow-change KEY"
-        )
+    check_resumable(saved, wanted, allow_change, saved_path)
     return wanted
 
 
@@ -63,7 +55,7 @@ def cmd_train(args) -> None:
     if args.time_limit is not None:
         overrides.append(f"train.time_limit={args.time_limit}")
     cfg = build_train_config(Path(args.run), args.preset, overrides, args.allow_change)
-    result = train(cfg, args.data, args.run, devices=args.devices, strategy=args.strategy)
+    result = train(cfg, args.data, args.run, devices=args.devices, strategy=args.strategy, allow_change=args.allow_change)
     if result is not None and result.stop_reason not in ("steps", "minutes"):
         sys.exit(3)  # interrupted: the run is resumable, but not finished
 
@@ -86,6 +78,14 @@ def cmd_score(args) -> None:
     result = score_predictions(args.labels, args.pred, args.workers)
     print(format_table(result))
     write_reports(result, args.json, args.csv)
+
+
+def cmd_wheelhouse(args) -> None:
+    from .wheelhouse import build_wheelhouse
+
+    wheels = build_wheelhouse(args.out, not args.no_deps, args.python_version, args.platform)
+    print(f"{len(wheels)} wheels in {args.out}; attach the folder as a Kaggle dataset and install with "
+          f"pip install --no-index --find-links <folder> scrollseg")
 
 
 def cmd_demo(args) -> None:
@@ -142,6 +142,13 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv")
     p.add_argument("--workers", type=int, default=1)
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("wheelhouse", help="wheels for installing scrollseg offline (e.g. a Kaggle dataset)")
+    p.add_argument("out")
+    p.add_argument("--no-deps", action="store_true", help="only scrollseg's own wheel")
+    p.add_argument("--python-version", help="target Python, e.g. 3.11 (Kaggle's)")
+    p.add_argument("--platform", help="target platform, e.g. manylinux2014_x86_64")
+    p.set_defaults(func=cmd_wheelhouse)
 
     p = sub.add_parser("demo", help="synthesise, train the tiny preset, predict, score")
     p.add_argument("--out", default="demo_out")

@@ -266,3 +266,18 @@ def diff(a: Config, b: Config) -> list[str]:
 
     walk(a.to_dict(), b.to_dict(), "")
     return out
+
+
+# settings that may differ between sessions of one run: budgets, bookkeeping, inference
+RESUMABLE_CHANGES = ("train.steps", "train.minutes", "train.time_limit", "train.checkpoint", "train.val_every",
+                     "train.log_every", "train.keep_last", "train.threads", "data.num_workers", "inference.")
+
+
+def check_resumable(saved: Config, wanted: Config, allow_change=(), where: str | Path = "run") -> None:
+    """Refuse to continue a run with a config that differs beyond ``RESUMABLE_CHANGES`` and ``allow_change``."""
+    changes = [c for c in diff(saved, wanted) if not c.startswith(RESUMABLE_CHANGES + tuple(allow_change))]
+    if changes:
+        raise ConfigError(
+            f"{where}: the run was started with another config ({'; '.join(changes)}); "
+            f"use a new run folder, drop these settings, or name them with --allow-change KEY"
+        )

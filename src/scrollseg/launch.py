@@ -128,7 +128,7 @@ def _as_config(config: Config | str | dict | Path, overrides: list[str] | None) 
 
 
 def train(config: Config | str | dict, data: str | Path, run: str | Path, devices: int | str = "auto", strategy: str = "ddp",
-          overrides: list[str] | None = None, progress: bool = True):
+          overrides: list[str] | None = None, progress: bool = True, allow_change: tuple[str, ...] = ()):
     """Train from Python or a notebook: ``scrollseg.train("tiny", "data", "runs/a", devices="auto")``.
 
     ``config`` is a Config, a preset name or .yaml path, or a dict; ``devices`` the number
@@ -139,9 +139,8 @@ def train(config: Config | str | dict, data: str | Path, run: str | Path, device
     cfg = _as_config(config, overrides)
     if strategy not in ("ddp", "dp"):
         raise ScrollsegError(f"strategy {strategy!r}: use 'ddp' or 'dp' (DataParallel)")
+    args = (data, run, cfg, progress, strategy, tuple(allow_change))
     if "WORLD_SIZE" in os.environ or strategy == "dp":
-        return train_loop(data, run, cfg, progress, strategy)  # torchrun started us, or one DataParallel process
+        return train_loop(*args)  # torchrun started us, or one DataParallel process
     n = resolve_devices(devices)
-    if n == 1:
-        return train_loop(data, run, cfg, progress)
-    return run_processes(train_loop, (data, run, cfg, progress), n)
+    return train_loop(*args) if n == 1 else run_processes(train_loop, args, n)

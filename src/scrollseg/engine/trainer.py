@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .. import __version__, dist
 from ..checkpoint import RunDir
-from ..config import Config, dump_yaml
+from ..config import Config, check_resumable, dump_yaml, from_dict, read_yaml
 from ..data.augment import augment_batch
 from ..data.cache import VolumeCache
 from ..data.layout import VolumeRef, list_volumes
@@ -122,7 +122,8 @@ def validate(model: torch.nn.Module, volumes, cfg: Config, device: torch.device)
     return {f"val/{k}": float(np.mean([getattr(s, k) for s in scores])) for k in keys}
 
 
-def train(data_dir: Path | str, run_dir: Path | str, cfg: Config, progress: bool = True, strategy: str = "ddp") -> TrainResult:
+def train(data_dir: Path | str, run_dir: Path | str, cfg: Config, progress: bool = True, strategy: str = "ddp",
+          allow_change: tuple[str, ...] = ()) -> TrainResult:
     """Train (or resume) the run in ``run_dir`` in this process, as one rank of torchrun's
     group when its environment says so. ``strategy="dp"`` wraps the model in DataParallel
     over every visible GPU instead."""
@@ -138,6 +139,8 @@ def train(data_dir: Path | str, run_dir: Path | str, cfg: Config, progress: bool
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not cfg.train.deterministic
 
+    if run.config_path.is_file():
+        check_resumable(from_dict(read_yaml(run.config_path)), cfg, allow_change, run.config_path)
     if main:
         try:
             run.root.mkdir(parents=True, exist_ok=True)

@@ -125,10 +125,10 @@ def predict_to_submission(
     """Predict every test volume into ``out``; ``devices`` > 1 spreads volumes over processes."""
     from ..launch import resolve_devices, run_processes
 
+    resolve_checkpoint(checkpoint)  # fail before any work when there is none
     refs = images_in(images, csv_path)
     if not refs:
         raise DataError(f"{images}: no .tif volumes found; give the test_images folder or the dataset root")
-    resolve_checkpoint(checkpoint)  # fail before any work when there is none
     n = min(resolve_devices(devices), len(refs))
     with SubmissionWriter(out, {r.id for r in refs}) as writer:
         if n == 1:

@@ -1,0 +1,75 @@
+"""Write notebooks/kaggle_train.ipynb and notebooks/kaggle_submit.ipynb from the cells below.
+
+Paths follow Kaggle's conventions (/kaggle/input, /kaggle/working); environment
+variables override them, which is how the test suite runs both notebooks on synthetic data.
+"""
+from pathlib import Path
+
+import nbformat
+
+INSTALL = '''# Install scrollseg offline from the wheelhouse dataset (built with `scrollseg wheelhouse OUT`).
+import importlib.util, os, subprocess, sys
+WHEELS = os.environ.get("SCROLLSEG_WHEELS", "/kaggle/input/scrollseg-wheels")
+if importlib.util.find_spec("scrollseg") is None:
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "--no-index", "--find-links", WHEELS, "scrollseg"])
+import scrollseg
+print("scrollseg", scrollseg.__version__)'''
+
+PATHS = '''import json, os, shutil
+from pathlib import Path
+INPUT = Path(os.environ.get("SCROLLSEG_INPUT", "/kaggle/input/vesuvius-challenge-surface-detection"))
+WORK = Path(os.environ.get("SCROLLSEG_WORKING", "/kaggle/working"))
+RUN = WORK / "run"
+PRESET = os.environ.get("SCROLLSEG_PRESET", "kaggle_2xT4")
+OVERRIDES = json.loads(os.environ.get("SCROLLSEG_OVERRIDES", "[]"))
+DEVICES = os.environ.get("SCROLLSEG_DEVICES", "auto")  # auto: both T4s
+print(INPUT, RUN, PRESET, DEVICES)'''
+
+TRAIN_CELLS = [
+    "# scrollseg on Kaggle: train on both GPUs, resume across 12-hour sessions\n"
+    "Attach the competition data, the `scrollseg-wheels` dataset and, from the second session on, the previous "
+    "session's output as `scrollseg-run`. Run all cells; the run checkpoints before the session's limit and the "
+    "same notebook continues it next time.",
+    INSTALL,
+    PATHS,
+    '''# Resume: bring the previous session's run folder into /kaggle/working (read-only inputs cannot be written).
+PREVIOUS = Path(os.environ.get("SCROLLSEG_PREVIOUS_RUN", "/kaggle/input/scrollseg-run/run"))
+if PREVIOUS.is_dir() and not RUN.exists():
+    shutil.copytree(PREVIOUS, RUN, ignore=shutil.ignore_patterns("cache"))
+print("resuming" if (RUN / "checkpoints").is_dir() else "starting", RUN)''',
+    '''# DDP on every GPU, started by fork from this kernel; checkpoints before the 12-hour limit.
+result = scrollseg.train(PRESET, INPUT, RUN, devices=DEVICES, overrides=["train.time_limit=11h40m", *OVERRIDES])
+print(result)''',
+    '''# The cache is rebuilt from the data when missing; keep it out of the saved output.
+shutil.rmtree(RUN / "cache", ignore_errors=True)
+print(sorted(p.name for p in (RUN / "checkpoints").iterdir()))''',
+]
+
+SUBMIT_CELLS = [
+    "# scrollseg on Kaggle: predict the test set into submission.zip\n"
+    "Attach the competition data, the `scrollseg-wheels` dataset and a trained run as `scrollseg-run`. "
+    "No internet is needed.",
+    INSTALL,
+    PATHS,
+    '''from scrollseg.inference.predict import predict_to_submission
+CHECKPOINT = Path(os.environ.get("SCROLLSEG_CHECKPOINT", "/kaggle/input/scrollseg-run/run"))
+submission = predict_to_submission(CHECKPOINT, INPUT / "test_images", WORK / "submission.zip", INPUT / "test.csv", devices=DEVICES)
+print(submission, submission.stat().st_size, "bytes")''',
+    '''# Local score, where test labels exist (they do not on Kaggle's hidden test set).
+if (INPUT / "test_labels").is_dir():
+    from scrollseg.metrics.evaluate import format_table, score_predictions
+    print(format_table(score_predictions(INPUT / "test_labels", submission)))''',
+]
+
+
+def notebook(cells: list[str]) -> nbformat.NotebookNode:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_markdown_cell(cells[0])] + [nbformat.v4.new_code_cell(c) for c in cells[1:]]
+    return nb
+
+
+if __name__ == "__main__":
+    out = Path(__file__).parents[1] / "notebooks"
+    nbformat.write(notebook(TRAIN_CELLS), out / "kaggle_train.ipynb")
+    nbformat.write(notebook(SUBMIT_CELLS), out / "kaggle_submit.ipynb")

@@ -1,0 +1,50 @@
+"""Both Kaggle notebooks, executed in a real Jupyter kernel on synthetic data, with a
+2-worker DDP training started from inside the kernel."""
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from scrollseg.checkpoint import load_checkpoint
+
+from conftest import tiny_overrides
+
+NOTEBOOKS = Path(__file__).parents[1] / "notebooks"
+
+
+def execute(name: str, cwd: Path) -> nbformat.NotebookNode:
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
+    return nb
+
+
+def outputs(nb) -> str:
+    return "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+
+
+def test_train_then_submit_notebooks(small_dataset, tmp_path, monkeypatch):
+    work = tmp_path / "working"
+    work.mkdir()
+    monkeypatch.setenv("SCROLLSEG_INPUT", str(small_dataset))
+    monkeypatch.setenv("SCROLLSEG_WORKING", str(work))
+    monkeypatch.setenv("SCROLLSEG_PRESET", "tiny")
+    monkeypatch.setenv("SCROLLSEG_DEVICES", "2")
+    monkeypatch.setenv("SCROLLSEG_OVERRIDES", json.dumps(tiny_overrides(**{"train.steps": 4, "train.threads": 1})))
+    monkeypatch.setenv("SCROLLSEG_PREVIOUS_RUN", str(tmp_path / "none"))
+    nb = execute("kaggle_train.ipynb", tmp_path)
+    assert "TrainResult" in outputs(nb) and "finished=True" in outputs(nb)
+    state = load_checkpoint(work / "run" / "checkpoints" / "final.pt")
+    assert state["step"] == 4 and state["global_batch"] == 2 * 2  # 2 per device x 2 workers
+
+    # a second session with a larger budget resumes the saved run
+    monkeypatch.setenv("SCROLLSEG_OVERRIDES", json.dumps(tiny_overrides(**{"train.steps": 6, "train.threads": 1})))
+    nb = execute("kaggle_train.ipynb", tmp_path)
+    assert "resuming" in outputs(nb)
+    assert load_checkpoint(work / "run" / "checkpoints" / "final.pt")["step"] == 6
+
+    monkeypatch.setenv("SCROLLSEG_CHECKPOINT", str(work / "run"))
+    nb = execute("kaggle_submit.ipynb", tmp_path)
+    assert (work / "submission.zip").is_file()
+    assert "mean" in outputs(nb)
