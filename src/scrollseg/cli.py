@@ -88,6 +88,18 @@ def cmd_wheelhouse(args) -> None:
           f"pip install --no-index --find-links <folder> scrollseg")
 
 
+def cmd_bench(args) -> None:
+    import importlib.util
+
+    from .wheelhouse import project_root
+
+    path = project_root() / "benchmarks" / "bench.py"
+    spec = importlib.util.spec_from_file_location("scrollseg_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.run_all(args.json, args.workers, args.quick)
+
+
 def cmd_demo(args) -> None:
     from .demo import run_demo
 
@@ -149,6 +161,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--python-version", help="target Python, e.g. 3.11 (Kaggle's)")
     p.add_argument("--platform", help="target platform, e.g. manylinux2014_x86_64")
     p.set_defaults(func=cmd_wheelhouse)
+
+    p = sub.add_parser("bench", help="speed of each stage against named baselines (from a source checkout)")
+    p.add_argument("--json")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers for both loaders")
+    p.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("demo", help="synthesise, train the tiny preset, predict, score")
     p.add_argument("--out", default="demo_out")

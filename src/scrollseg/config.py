@@ -84,6 +84,8 @@ class TrainConfig:
     time_limit: str = ""  # e.g. "11h45m": checkpoint and stop before this much wall time
     deterministic: bool = False
     threads: int = 0  # CPU threads for torch; 0: torch's default
+    compile: str = "auto"  # torch.compile: "auto" (on CUDA), "on" or "off"
+    channels_last: str = "auto"  # channels_last_3d: "auto" (on CUDA), "on" or "off"
 
 
 @dataclass
@@ -142,6 +144,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             raise ConfigError(f"config key {key!r} expects a number, got {value!r}")
         return float(value)
     if hint is str:
+        if isinstance(value, bool):  # YAML 1.1 reads on/off as booleans
+            return "on" if value else "off"
         return str(value)
     raise ConfigError(f"config key {key!r} has an unsupported type")
 
@@ -245,6 +249,8 @@ def validate(cfg: Config) -> None:
     need(cfg.optim.accumulation >= 1, "optim.accumulation must be at least 1")
     need(cfg.train.precision in ("auto", "bf16", "fp16", "fp32"), "train.precision must be auto, bf16, fp16 or fp32")
     need(0.0 <= cfg.inference.overlap < 1.0, "inference.overlap must lie in [0, 1)")
+    need(cfg.train.compile in ("auto", "on", "off"), "train.compile must be auto, on or off")
+    need(cfg.train.channels_last in ("auto", "on", "off"), "train.channels_last must be auto, on or off")
     tile = cfg.tile_size()
     need(len(tile) == 3 and all(t % stride == 0 for t in tile), f"inference.tile must be three sizes divisible by {stride}")
 

@@ -14,7 +14,7 @@ RUNTIME_DEPENDENCIES = ["numpy", "scipy", "tifffile", "imagecodecs", "connected-
 def project_root() -> Path:
     root = Path(__file__).resolve().parents[2]
     if not (root / "pyproject.toml").is_file():
-        raise ScrollsegError("the wheelhouse is built from a source checkout of scrollseg; run it from a clone (pip install -e .)")
+        raise ScrollsegError("this command needs a source checkout of scrollseg; run it from a clone (pip install -e .)")
     return root
 
 

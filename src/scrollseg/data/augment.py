@@ -43,8 +43,9 @@ def augment_batch(
         x = x + shift.to(dev).view(shape)
     if cfg.noise_std > 0:
         sigma = torch.rand(b, generator=generator) * cfg.noise_std
-        noise = torch.randn(x.shape, generator=generator).to(dev)
-        x = x + noise * sigma.to(dev).view(shape)
+        # drawn where the batch lives, from a generator seeded by the step's own
+        noise_gen = torch.Generator(device=dev).manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        x = x.add_(torch.randn(x.shape, generator=noise_gen, device=dev).mul_(sigma.to(dev).view(shape)))
     y = label
     flips = torch.rand(b, 3, generator=generator) < 0.5 if cfg.flip else torch.zeros(b, 3, dtype=torch.bool)
     turns = torch.randint(0, 4, (b,), generator=generator) if cfg.rot90 else torch.zeros(b, dtype=torch.long)

@@ -27,7 +27,7 @@ def smooth_field(shape, rng: np.random.Generator, scale: float, coarse: int = 6)
     grid = [max(2, int(np.ceil(s / scale)) + 1) for s in shape]
     noise = rng.standard_normal(grid).astype(np.float32)
     zoom = [s / g for s, g in zip(shape, grid)]
-    field = ndimage.zoom(noise, zoom, order=3, mode="reflect")[: shape[0], : shape[1], : shape[2]]
+    field = ndimage.zoom(noise, zoom, order=1, mode="nearest")[: shape[0], : shape[1], : shape[2]]
     return field / (np.abs(field).max() + 1e-6)
 
 

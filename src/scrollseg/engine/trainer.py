@@ -33,9 +33,11 @@ from ..losses import segmentation_loss
 from ..metrics.leaderboard import score_volume
 from ..models import build_model
 from .deadline import Clock, StopSignals
+from .monitor import GpuMonitor
 from .log import MetricsLog, say
 from .precision import resolve_precision
 from .schedule import learning_rate
+from .speed import resolve_speed, speed_up, to_memory_format
 
 
 @dataclass
@@ -189,12 +191,14 @@ def train(data_dir: Path | str, run_dir: Path | str, cfg: Config, progress: bool
         log.truncate_after(step)
         say(f"resuming {run.root} at step {step}" + (f" (rank {info.rank})" if info.enabled else ""))
     dist.barrier(info)
+    speed = resolve_speed(cfg.train, device)
+    fast = speed_up(model, speed, device)
     if info.enabled:
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        net = DistributedDataParallel(fast, device_ids=[device.index] if device.type == "cuda" else None)
     elif strategy == "dp" and torch.cuda.device_count() > 1:
-        net = torch.nn.DataParallel(model)
+        net = torch.nn.DataParallel(fast)
     else:
-        net = model
+        net = fast
 
     global_batch = micro_batch * info.world * accumulation
     say(
@@ -241,6 +245,7 @@ def train(data_dir: Path | str, run_dir: Path | str, cfg: Config, progress: bool
             slot = micro * info.world + info.rank  # as the sampler numbers micro-batches
             gen = torch.Generator().manual_seed(int(np.random.SeedSequence([cfg.train.seed, step, slot]).generate_state(1)[0]))
             x, y = augment_batch(batch["image"], batch["label"], batch["mean"], batch["std"], cfg.augment, gen)
+            x = to_memory_format(x, speed)
             sync = micro == accumulation - 1 or not info.enabled
             with (contextlib.nullcontext() if sync else net.no_sync()), precision.autocast():
                 loss = segmentation_loss(net(x), y, cfg.loss.bce_weight, cfg.loss.dice_weight) / accumulation
@@ -256,9 +261,10 @@ def train(data_dir: Path | str, run_dir: Path | str, cfg: Config, progress: bool
     clock = Clock(cfg.train.minutes, cfg.train.time_limit, cfg.train.checkpoint_minutes)
     stop_reason = "steps" if step >= cfg.train.steps else ""
     window = {"loss": 0.0, "n": 0, "wait": 0.0, "t0": time.perf_counter()}
+    totals = {"wait": 0.0, "time": 0.0}
     net.train()
 
-    with StopSignals() as signals:
+    with StopSignals() as signals, GpuMonitor() as gpus:
         batches = open_batches()
         while step < cfg.train.steps and not stop_reason:
             lr = learning_rate(step, cfg.train.steps, cfg.optim)
@@ -294,7 +300,10 @@ def train(data_dir: Path | str, run_dir: Path | str, cfg: Config, progress: bool
                     "samples_per_s": window["n"] * global_batch / elapsed,
                     "data_wait": window["wait"] / elapsed,
                     "elapsed_s": clock.elapsed(),
+                    **gpus.latest(),
                 }
+                totals["wait"] += window["wait"]
+                totals["time"] += elapsed
                 history.append({"step": step, "loss": record["loss"]})
                 log.write(record)
                 say(f"step {step:>6}/{cfg.train.steps} loss {record['loss']:.4f} lr {lr:.2e} {record['samples_per_s']:.1f} samples/s data-wait {record['data_wait']:.0%}", main and progress)
@@ -325,6 +334,10 @@ def train(data_dir: Path | str, run_dir: Path | str, cfg: Config, progress: bool
                 stop_reason = "steps"
 
     del batches
+    if totals["time"] > 0:
+        summary = {"data_wait": totals["wait"] / totals["time"], **gpus.summary()}
+        log.write({"step": step, "event": "summary", **summary})
+        say("run summary: " + ", ".join(f"{k} {v:.3g}" for k, v in summary.items()), main and progress)
     if stop_reason in ("time-limit",) or stop_reason.startswith("SIG") or stop_reason == "peer":
         say(f"stopped at step {step} ({stop_reason}); checkpoint saved. Resume with the same command: scrollseg train {data_dir} {run.root}", main)
     dist.barrier(info)

@@ -54,8 +54,20 @@ def surface_distances(gt: np.ndarray, pred: np.ndarray):
     )
 
 
+def _ball(radius: float) -> np.ndarray:
+    """Integer offsets within Euclidean distance ``radius`` of the centre."""
+    r = int(np.floor(radius))
+    grid = np.mgrid[-r : r + 1, -r : r + 1, -r : r + 1]
+    return (grid**2).sum(axis=0) <= radius * radius
+
+
 def surface_dice(gt: np.ndarray, pred: np.ndarray, tolerance: float = 2.0) -> float:
-    """Surface Dice at ``tolerance`` voxels: 1 when both masks are empty, 0 when one is."""
+    """Surface Dice at ``tolerance`` voxels: 1 when both masks are empty, 0 when one is.
+
+    Only "within the tolerance or not" matters here, so instead of two distance
+    transforms each surface is dilated by the ball of that radius: the same answer
+    (distances between voxel centres are exact), several times faster.
+    """
     gt = np.asarray(gt, dtype=bool)
     pred = np.asarray(pred, dtype=bool)
     has_gt, has_pred = bool(gt.any()), bool(pred.any())
@@ -63,9 +75,17 @@ def surface_dice(gt: np.ndarray, pred: np.ndarray, tolerance: float = 2.0) -> fl
         return 1.0
     if not has_gt or not has_pred:
         return 0.0
-    d_gt, a_gt, d_pred, a_pred = surface_distances(gt, pred)
-    total = a_gt.sum() + a_pred.sum()
+    coords = [np.flatnonzero((gt | pred).any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+    lo, hi = np.array([c[0] for c in coords]), np.array([c[-1] for c in coords])
+    code_gt, code_pred = _cell_codes(gt, lo, hi), _cell_codes(pred, lo, hi)
+    border_gt = (code_gt != 0) & (code_gt != 255)
+    border_pred = (code_pred != 0) & (code_pred != 255)
+    area_gt, area_pred = _AREA_TABLE[code_gt[border_gt]], _AREA_TABLE[code_pred[border_pred]]
+    total = area_gt.sum() + area_pred.sum()
     if total == 0:
         return 0.0
-    overlap = a_gt[d_gt <= tolerance].sum() + a_pred[d_pred <= tolerance].sum()
+    ball = _ball(tolerance)
+    near_pred = ndimage.binary_dilation(border_pred, structure=ball)
+    near_gt = ndimage.binary_dilation(border_gt, structure=ball)
+    overlap = area_gt[near_pred[border_gt]].sum() + area_pred[near_gt[border_pred]].sum()
     return float(overlap / total)
