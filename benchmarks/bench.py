@@ -160,17 +160,24 @@ def bench_train_step(preset: str, steps: int) -> dict:
 
 # ---------------------------------------------------------------- 3. inference
 def _inference_worker(side: str, state_path: str) -> None:
-    """Runs in a fresh process: one side of the inference comparison, JSON to stdout."""
+    """Runs in a fresh process: one side of the inference comparison, JSON to stdout.
+
+    With a model in the state file it predicts with it; without one it blends the input
+    itself (an identity predictor), which isolates the memory of the blending buffers."""
     saved = torch.load(state_path, weights_only=True)
-    cfg = build_config("tiny")
-    model = build_model(cfg.model).eval()
-    model.load_state_dict(saved["model"])
     volume = saved["volume"]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
+    if "model" in saved:
+        model = build_model(build_config("tiny").model).eval()
+        model.load_state_dict(saved["model"])
+        model.to(device)
 
-    def predictor(batch):
-        return torch.sigmoid(model(batch))
+        def predictor(batch):
+            return torch.sigmoid(model(batch))
+    else:
+
+        def predictor(batch):
+            return batch
 
     def rss_mib() -> float:
         for line in open("/proc/self/status"):
@@ -205,21 +212,26 @@ def _inference_worker(side: str, state_path: str) -> None:
     print(json.dumps({"seconds": seconds, "peak_mib": peak}))
 
 
-def bench_inference(repeats: int = 2) -> dict:
-    torch.manual_seed(0)
-    model = build_model(build_config("tiny").model).eval()
-    volume = torch.randn(1, 1, *VOLUME)
+def _compare(state: dict, repeats: int) -> tuple[dict, float]:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "state.pt")
-        torch.save({"model": model.state_dict(), "volume": volume}, path)
+        torch.save(state, path)
         for side in ("scrollseg", "monai"):
             runs = []
             for _ in range(repeats):
                 proc = subprocess.run([sys.executable, __file__, "_inference", side, path], capture_output=True, text=True, check=True)
                 runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
             results[side] = {"seconds": min(r["seconds"] for r in runs), "peak_mib": min(r["peak_mib"] for r in runs)}
-        ours, theirs = torch.load(path + ".scrollseg.out"), torch.load(path + ".monai.out")
+        difference = float((torch.load(path + ".scrollseg.out") - torch.load(path + ".monai.out")).abs().max())
+    return results, difference
+
+
+def bench_inference(repeats: int = 2) -> dict:
+    torch.manual_seed(0)
+    model = build_model(build_config("tiny").model).eval()
+    results, difference = _compare({"model": model.state_dict(), "volume": torch.randn(1, 1, *VOLUME)}, repeats)
+    blend, _ = _compare({"volume": torch.randn(1, 1, 320, 320, 320)}, 1)
     voxels = float(np.prod(VOLUME))
     return {
         "inference_voxels_per_s": voxels / results["scrollseg"]["seconds"],
@@ -228,7 +240,10 @@ def bench_inference(repeats: int = 2) -> dict:
         "inference_peak_mib": results["scrollseg"]["peak_mib"],
         "monai_peak_mib": results["monai"]["peak_mib"],
         "inference_peak_memory_ratio": results["scrollseg"]["peak_mib"] / results["monai"]["peak_mib"],
-        "inference_max_abs_difference": float((ours - theirs).abs().max()),
+        "inference_max_abs_difference": difference,
+        "blend_peak_mib_320": blend["scrollseg"]["peak_mib"],
+        "monai_blend_peak_mib_320": blend["monai"]["peak_mib"],
+        "inference_blend_peak_memory_ratio": blend["scrollseg"]["peak_mib"] / blend["monai"]["peak_mib"],
         "inference_setup": {"volume": VOLUME, "tile": TILE, "overlap": OVERLAP, "tile_batch": 4, "model": "tiny preset"},
     }
 
@@ -297,7 +312,8 @@ def format_report(r: dict) -> str:
         f"{'loader':<10} {r['loader_patches_per_s']:>10.1f} p/s  {r['naive_loader_patches_per_s']:>10.2f} p/s {r['loader_speedup']:>6.1f}x  decode LZW + numpy augment per sample, same workers",
         f"{'train':<10} {r['train_tuned_samples_per_s']:>10.2f} s/s  {r['train_plain_samples_per_s']:>10.2f} s/s {r['train_step_speedup']:>6.2f}x  fp32, batch 2, eager ({r['train_preset']} preset)",
         f"{'inference':<10} {r['inference_voxels_per_s'] / 1e6:>8.2f} Mvox/s  {r['monai_voxels_per_s'] / 1e6:>8.2f} Mvox/s {r['inference_speedup']:>6.2f}x  MONAI sliding_window_inference (max |diff| {r['inference_max_abs_difference']:.1e})",
-        f"{'memory':<10} {r['inference_peak_mib']:>10.0f} MiB  {r['monai_peak_mib']:>10.0f} MiB {r['inference_peak_memory_ratio']:>6.2f}x  peak, ours / MONAI's",
+        f"{'memory':<10} {r['inference_peak_mib']:>10.0f} MiB  {r['monai_peak_mib']:>10.0f} MiB {r['inference_peak_memory_ratio']:>6.2f}x  peak with the model, ours / MONAI's",
+        f"{'blending':<10} {r['blend_peak_mib_320']:>10.0f} MiB  {r['monai_blend_peak_mib_320']:>10.0f} MiB {r['inference_blend_peak_memory_ratio']:>6.2f}x  peak of blending alone, 320^3, ours / MONAI's",
         f"{'scoring':<10} {r['score_seconds_per_320']:>10.2f} s    per 320^3 volume (topology {r['score_part_seconds']['topology']:.2f}, surface Dice {r['score_part_seconds']['surface_dice']:.2f}, VOI {r['score_part_seconds']['voi']:.2f})",
         f"{'data wait':<10} {r['data_wait_fraction']:>10.1%}      of step time, tiny preset, 1 worker",
     ])
