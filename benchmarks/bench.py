@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -179,13 +178,16 @@ def _inference_worker(side: str, state_path: str) -> None:
         def predictor(batch):
             return batch
 
-    def rss_mib() -> float:
+    def status_mib(field: str) -> float:
         for line in open("/proc/self/status"):
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
         return 0.0
 
-    before = rss_mib()
+    # reset the high-water mark, so the peak is this inference's, not the loading's
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+    before = status_mib("VmRSS")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
@@ -205,7 +207,7 @@ def _inference_worker(side: str, state_path: str) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
+    peak = status_mib("VmHWM") - before
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20
     torch.save(out.float().cpu(), state_path + f".{side}.out")
