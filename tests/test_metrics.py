@@ -102,3 +102,24 @@ def test_octants_cover_odd_shapes_once():
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="shape"):
         score_volume(np.zeros((4, 4, 4), np.uint8), np.zeros((4, 4, 5), np.uint8))
+
+
+@pytest.mark.parametrize("tolerance", [1.0, 1.5, 2.0, 3.0])
+def test_dilation_equals_distance_transform(tolerance):
+    """The dilation shortcut gives exactly what thresholding distance transforms gives."""
+    from scipy import ndimage
+
+    from scrollseg.metrics import surface_dice as sd
+
+    rng = np.random.default_rng(int(tolerance * 10))
+    gt = ndimage.binary_dilation(rng.random((30, 34, 28)) < 0.01, iterations=2)
+    pred = ndimage.binary_dilation(rng.random((30, 34, 28)) < 0.01, iterations=2) | np.roll(gt, 1, axis=0)
+    coords = [np.flatnonzero((gt | pred).any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+    lo, hi = np.array([c[0] for c in coords]), np.array([c[-1] for c in coords])
+    cg, cp = sd._cell_codes(gt, lo, hi), sd._cell_codes(pred, lo, hi)
+    bg, bp = (cg != 0) & (cg != 255), (cp != 0) & (cp != 255)
+    dist_to_p, dist_to_g = ndimage.distance_transform_edt(~bp), ndimage.distance_transform_edt(~bg)
+    ag, ap = sd._AREA_TABLE[cg[bg]], sd._AREA_TABLE[cp[bp]]
+    expected = (ag[dist_to_p[bg] <= tolerance].sum() + ap[dist_to_g[bp] <= tolerance].sum()) / (ag.sum() + ap.sum())
+    assert sd.surface_dice(gt, pred, tolerance) == pytest.approx(expected, abs=1e-12)
+    assert 0.0 < expected < 1.0

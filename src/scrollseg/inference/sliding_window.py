@@ -57,6 +57,7 @@ def _weight_sums(size: int, tile: int, starts: list[int]) -> torch.Tensor:
     return total
 
 
+@torch.inference_mode()
 def sliding_window(
     volume: torch.Tensor,
     predictor: Callable[[torch.Tensor], torch.Tensor],
@@ -91,7 +92,7 @@ def sliding_window(
         out = predictor(batch)
         if total is None:
             total = torch.zeros((out.shape[1],) + padded, dtype=accumulate_dtype, device=acc_device)
-        weighted = (out * weights).to(acc_device, accumulate_dtype)
+        weighted = out.float().mul_(weights).to(acc_device, accumulate_dtype)
         for st, pred in zip(chunk, weighted):
             total[(slice(None),) + tuple(slice(s, s + t) for s, t in zip(st, tile))] += pred
     # divide by the separable weight sum, one axis at a time, in place
