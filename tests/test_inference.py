@@ -103,3 +103,14 @@ def test_score_reads_folders_and_zips(tmp_path):
         w.add("v", np.zeros_like(label), label.shape)
     result = score_predictions(labels, tmp_path / "s.zip")
     assert result["cases"]["v"]["surface_dice"] == 0.0
+
+
+def test_score_with_worker_processes_matches_one(tmp_path):
+    labels, preds = tmp_path / "labels", tmp_path / "preds"
+    labels.mkdir(), preds.mkdir()
+    rng = np.random.default_rng(1)
+    for vid in ("a", "b", "c"):
+        label = (rng.random((16, 18, 20)) < 0.2).astype(np.uint8)
+        (labels / f"{vid}.tif").write_bytes(encode_volume(label))
+        (preds / f"{vid}.tif").write_bytes(encode_volume(np.roll(label, 1, axis=0)))
+    assert score_predictions(labels, preds, workers=3) == score_predictions(labels, preds, workers=1)

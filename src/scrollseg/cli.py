@@ -41,19 +41,9 @@ def cmd_synth(args) -> None:
 def cmd_train(args) -> None:
     from .launch import train
 
-    overrides = list(args.overrides)
-    if args.steps is not None:
-        overrides.append(f"train.steps={args.steps}")
-    if args.minutes is not None:
-        overrides.append(f"train.minutes={args.minutes}")
-    if args.seed is not None:
-        overrides.append(f"train.seed={args.seed}")
-    if args.checkpoint_minutes is not None:
-        overrides.append(f"train.checkpoint_minutes={args.checkpoint_minutes}")
-    if args.checkpoint_steps is not None:
-        overrides.append(f"train.checkpoint_steps={args.checkpoint_steps}")
-    if args.time_limit is not None:
-        overrides.append(f"train.time_limit={args.time_limit}")
+    # the flags are shorthands for train.* overrides
+    flags = ("steps", "minutes", "seed", "checkpoint_minutes", "checkpoint_steps", "time_limit")
+    overrides = list(args.overrides) + [f"train.{f}={getattr(args, f)}" for f in flags if getattr(args, f) is not None]
     cfg = build_train_config(Path(args.run), args.preset, overrides, args.allow_change)
     result = train(cfg, args.data, args.run, devices=args.devices, strategy=args.strategy, allow_change=args.allow_change)
     if result is not None and result.stop_reason not in ("steps", "minutes"):

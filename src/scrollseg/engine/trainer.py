@@ -2,8 +2,10 @@
 
 One code path for the CPU, one GPU and DDP ranks (the launcher decides how many
 processes exist; this loop asks ``dist`` who it is). Each optimizer step takes
-``accumulation`` micro-batches; patches are a pure function of (seed, rank, step,
-micro), the LR a pure function of the step, so a resumed run continues exactly.
+``accumulation`` micro-batches; patches and augmentations are a pure function of
+(seed, step, slot = micro x world + rank) and the LR a pure function of the step, so
+a resumed run continues exactly and N ranks train what one process with N-fold
+accumulation trains.
 Only rank 0 logs, validates and writes checkpoints.
 """
 from __future__ import annotations
