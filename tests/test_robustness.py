@@ -228,3 +228,25 @@ def test_yaml_is_read_safely(tmp_path):
     with pytest.raises(ConfigError):
         read_yaml(evil)
     assert not (tmp_path / "ran").exists()
+
+
+def test_inference_out_of_memory_falls_back_to_smaller_tile_batches():
+    from scrollseg.config import InferenceConfig
+    from scrollseg.inference.predict import probability_map
+
+    torch.manual_seed(0)
+    net = torch.nn.Conv3d(1, 1, 3, padding=1).eval()
+    calls = []
+
+    def flaky(batch):
+        calls.append(batch.shape[0])
+        if batch.shape[0] > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+        return net(batch)
+
+    image = np.random.default_rng(0).integers(0, 255, (40, 40, 40), dtype=np.uint8)
+    cfg = InferenceConfig(tile_batch=4, overlap=0.5)
+    expected = probability_map(net, image, cfg, [16, 16, 16], torch.device("cpu"))
+    got = probability_map(flaky, image, cfg, [16, 16, 16], torch.device("cpu"))
+    assert calls[:2] == [4, 2] and set(calls[2:]) == {1}
+    np.testing.assert_allclose(got, expected, atol=1e-6)
