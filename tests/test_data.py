@@ -145,3 +145,21 @@ def test_ranks_see_the_micro_batches_of_one_accumulating_process(small_dataset, 
     ranks = [PatchSampler(vols, (16, 16, 16), 2, 0.5, seed=4, rank=r, world=2) for r in range(2)]
     for rank in range(2):
         assert np.array_equal(ranks[rank].batch(9, 0)["image"], single.batch(9, rank)["image"])
+
+
+def test_spatial_augmentation_keeps_alignment_and_marks_new_voxels_ignored():
+    rng = np.random.default_rng(2)
+    label = torch.from_numpy((rng.random((3, 16, 16, 16)) < 0.3).astype(np.uint8))
+    image = label * 200 + 20
+    mean, std = torch.full((3,), 0.3), torch.full((3,), 0.3)
+    plain = AugmentConfig(intensity_scale=0, intensity_shift=0, gamma=0, noise_std=0, flip=False, rot90=False)
+    identity = AugmentConfig(**{**plain.__dict__, "spatial_prob": 1.0, "rotation_deg": 0.0, "scale_range": 0.0})
+    x0, y0 = augment_batch(image.to(torch.uint8), label, mean, std, plain, torch.Generator().manual_seed(0))
+    x1, y1 = augment_batch(image.to(torch.uint8), label, mean, std, identity, torch.Generator().manual_seed(0))
+    assert torch.equal(y0, y1) and torch.allclose(x0, x1, atol=1e-5)
+    turned = AugmentConfig(**{**plain.__dict__, "spatial_prob": 1.0, "rotation_deg": 30.0, "scale_range": 0.3})
+    x, y = augment_batch(image.to(torch.uint8), label, mean, std, turned, torch.Generator().manual_seed(3))
+    assert set(torch.unique(y).tolist()) <= {0, 1, 2} and (y == 2).any(), "voxels from outside the patch are ignored"
+    inside = y != 2
+    agree = ((x > 0.5) == (y == 1))[inside].float().mean()
+    assert agree > 0.9  # trilinear image and nearest label stay aligned up to edge voxels

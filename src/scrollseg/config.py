@@ -40,6 +40,9 @@ class AugmentConfig:
     intensity_shift: float = 0.1  # add U(-s, s) standard deviations
     gamma: float = 0.3  # gamma in U(1 - g, 1 + g), applied on the [0, 1] range
     noise_std: float = 0.05
+    spatial_prob: float = 0.0  # share of samples also rotated in-plane and scaled (resampled on the device)
+    rotation_deg: float = 15.0  # rotation in U(-r, r) degrees about the depth axis
+    scale_range: float = 0.15  # isotropic zoom in U(1 - s, 1 + s)
 
 
 @dataclass
@@ -249,6 +252,7 @@ def validate(cfg: Config) -> None:
     need(cfg.optim.accumulation >= 1, "optim.accumulation must be at least 1")
     need(cfg.train.precision in ("auto", "bf16", "fp16", "fp32"), "train.precision must be auto, bf16, fp16 or fp32")
     need(0.0 <= cfg.inference.overlap < 1.0, "inference.overlap must lie in [0, 1)")
+    need(0.0 <= cfg.augment.spatial_prob <= 1.0, "augment.spatial_prob must lie in [0, 1]")
     need(cfg.train.compile in ("auto", "on", "off"), "train.compile must be auto, on or off")
     need(cfg.train.channels_last in ("auto", "on", "off"), "train.channels_last must be auto, on or off")
     tile = cfg.tile_size()

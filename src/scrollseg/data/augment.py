@@ -8,7 +8,10 @@ on the GPU when there is one:
   (one gather instead of five full-size float operations);
 - noise: a random crop of a fixed Gaussian noise bank kept on the device, scaled per
   sample (drawing fresh normal noise costs more than the rest of the step's data work);
-- flips on every axis and rot90 in the (H, W) plane when it is square.
+- flips on every axis and rot90 in the (H, W) plane when it is square;
+- optionally (``spatial_prob``), an in-plane rotation and isotropic zoom resampled with
+  ``grid_sample``: trilinear for the image, nearest for the label, with voxels from
+  outside the patch labelled 2 (ignored).
 
 Random parameters come from a CPU generator seeded per step, so a step's
 augmentation is reproducible and independent of the number of workers.
@@ -17,7 +20,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+import math
+
 import torch
+import torch.nn.functional as F
 
 from ..config import AugmentConfig
 
@@ -77,4 +83,32 @@ def augment_batch(
             xi, yi = xi.rot90(k, (1, 2)), yi.rot90(k, (1, 2))
         xs.append(xi)
         ys.append(yi)
-    return torch.stack(xs).unsqueeze(1), torch.stack(ys).unsqueeze(1)
+    x, y = torch.stack(xs).unsqueeze(1), torch.stack(ys).unsqueeze(1)
+    if cfg.spatial_prob > 0:
+        x, y = rotate_and_zoom(x, y, cfg, generator)
+    return x, y
+
+
+def rotate_and_zoom(x: torch.Tensor, y: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resample a random subset of the batch under an in-plane rotation and a zoom."""
+    b = x.shape[0]
+    chosen = torch.rand(b, generator=generator) < cfg.spatial_prob
+    angle = (torch.rand(b, generator=generator) * 2 - 1) * math.radians(cfg.rotation_deg)
+    zoom = 1.0 + (torch.rand(b, generator=generator) * 2 - 1) * cfg.scale_range
+    if not chosen.any():
+        return x, y
+    idx = chosen.nonzero().flatten()
+    cos, sin = torch.cos(angle[idx]) / zoom[idx], torch.sin(angle[idx]) / zoom[idx]
+    theta = torch.zeros(len(idx), 3, 4)
+    # affine_grid orders coordinates (x=W, y=H, z=D): rotate x-y, scale all three
+    theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
+    theta[:, 2, 2] = 1.0 / zoom[idx]
+    idx_dev = idx.to(x.device)
+    grid = F.affine_grid(theta.to(x.device), [len(idx), 1, *x.shape[2:]], align_corners=False)
+    x = x.clone()
+    y = y.clone()
+    x[idx_dev] = F.grid_sample(x[idx_dev], grid, mode="bilinear", padding_mode="border", align_corners=False)
+    # labels shifted by one so that zero padding marks voxels from outside the patch
+    moved = F.grid_sample(y[idx_dev].float() + 1, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    y[idx_dev] = torch.where(moved == 0, torch.full_like(moved, 2), moved - 1).to(y.dtype)
+    return x, y
