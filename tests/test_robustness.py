@@ -62,11 +62,13 @@ def test_sigkill_at_random_points_then_resume_is_bitwise_exact(small_dataset, tm
 
 def test_sigterm_checkpoints_and_says_how_to_resume(small_dataset, tmp_path):
     run = tmp_path / "run"
-    proc = cli("train", small_dataset, run, "--preset", "tiny", "--steps", "100000", "--checkpoint-steps", "100000", "data.num_workers=0")
+    proc = cli("train", small_dataset, run, "--preset", "tiny", "--steps", "100000", "--checkpoint-steps", "100000",
+               "data.num_workers=0", "train.log_every=2")
     deadline = time.time() + 120
-    while not (run / "metrics.jsonl").is_file() and time.time() < deadline:
-        time.sleep(0.2)
-    time.sleep(1.0)
+    metrics = run / "metrics.jsonl"
+    # the loop is running (and its signal handlers installed) once a step is logged
+    while not (metrics.is_file() and '"loss"' in metrics.read_text()) and time.time() < deadline:
+        time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
     code = proc.wait(timeout=120)
     err = proc.stderr.read()
