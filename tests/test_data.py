@@ -163,3 +163,14 @@ def test_spatial_augmentation_keeps_alignment_and_marks_new_voxels_ignored():
     inside = y != 2
     agree = ((x > 0.5) == (y == 1))[inside].float().mean()
     assert agree > 0.9  # trilinear image and nearest label stay aligned up to edge voxels
+
+
+def test_cached_volumes_pickle_as_references(small_dataset, tmp_path):
+    import pickle
+
+    vol = VolumeCache(tmp_path, 10**9).load(list_volumes(small_dataset, "train")[0])
+    data = pickle.dumps(vol)
+    assert len(data) < 10_000, "a worker started by spawn receives paths, not voxels"
+    again = pickle.loads(data)
+    assert isinstance(again.image, np.memmap) and np.array_equal(again.image, vol.image)
+    assert np.array_equal(again.foreground, vol.foreground)

@@ -29,13 +29,34 @@ class CachedVolume:
     id: str
     image: np.ndarray  # uint8, memory-mapped
     label: np.ndarray | None  # uint8, memory-mapped
-    foreground: np.ndarray  # int64 flat indices of label == 1
+    foreground: np.ndarray  # int64 flat indices of label == 1, memory-mapped
     mean: float  # intensity statistics on the [0, 1] scale
     std: float
+    entry: Path | None = None  # the cache folder it was opened from
 
     @property
     def shape(self) -> tuple[int, int, int]:
         return tuple(self.image.shape)
+
+    @classmethod
+    def open(cls, entry: Path) -> "CachedVolume":
+        meta = json.loads((entry / "meta.json").read_text())
+        return cls(
+            meta["id"],
+            np.load(entry / "image.npy", mmap_mode="r"),
+            np.load(entry / "label.npy", mmap_mode="r") if meta["has_label"] else None,
+            np.load(entry / "foreground.npy", mmap_mode="r"),
+            meta["mean"],
+            meta["std"],
+            entry,
+        )
+
+    def __reduce__(self):
+        # DataLoader workers started by spawn or forkserver (macOS, Python >= 3.14) pickle
+        # the dataset: send the folder and map the files again, never the voxels
+        if self.entry is None:
+            return super().__reduce__()
+        return (CachedVolume.open, (self.entry,))
 
 
 def intensity_stats(image: np.ndarray) -> tuple[float, float]:
@@ -81,11 +102,7 @@ class VolumeCache:
         meta_path = entry / "meta.json"
         if not meta_path.is_file():
             self._build(ref, entry)
-        meta = json.loads(meta_path.read_text())
-        image = np.load(entry / "image.npy", mmap_mode="r")
-        label = np.load(entry / "label.npy", mmap_mode="r") if meta["has_label"] else None
-        foreground = np.load(entry / "foreground.npy")
-        return CachedVolume(ref.id, image, label, foreground, meta["mean"], meta["std"])
+        return CachedVolume.open(entry)
 
     def _build(self, ref: VolumeRef, entry: Path) -> None:
         image = read_volume(ref.image, self.max_voxels)
