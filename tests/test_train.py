@@ -34,6 +34,11 @@ def test_short_training_run_loss_falls(small_dataset, tmp_path):
     losses = [r["loss"] for r in records if "loss" in r]
     assert sum(losses[-3:]) / 3 < 0.9 * losses[0], losses
     assert any("val/leaderboard" in r for r in records)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    board.Reload()
+    assert [e.step for e in board.Scalars("loss")] == [r["step"] for r in records if "loss" in r]
     ckpts = {p.name for p in (tmp_path / "run" / "checkpoints").iterdir()}
     assert {"last.pt", "final.pt", "best.pt"} <= ckpts
     ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "final.pt")

@@ -1,4 +1,8 @@
-"""Run logging: one JSON object per line in metrics.jsonl, and short console lines."""
+"""Run logging: one JSON object per line in metrics.jsonl, and short console lines.
+
+metrics.jsonl is the record other tools read. When TensorBoard is installed
+(``pip install tensorboard``) the numeric values are mirrored to ``RUN/tensorboard``.
+"""
 from __future__ import annotations
 
 import json
@@ -7,10 +11,20 @@ import sys
 from pathlib import Path
 
 
+def _tensorboard_writer(folder: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return None
+    return SummaryWriter(str(folder))
+
+
 class MetricsLog:
     def __init__(self, path: Path, enabled: bool = True):
         self.path = Path(path)
         self.enabled = enabled
+        self._board = None
+        self._board_checked = False
 
     def write(self, record: dict) -> None:
         if not self.enabled:
@@ -18,6 +32,14 @@ class MetricsLog:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(clean) + "\n")
+        if not self._board_checked:
+            self._board_checked = True
+            self._board = _tensorboard_writer(self.path.parent / "tensorboard")
+        if self._board is not None:
+            for key, value in clean.items():
+                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self._board.add_scalar(key, value, clean.get("step", 0))
+            self._board.flush()
 
     def read(self) -> list[dict]:
         if not self.path.is_file():
