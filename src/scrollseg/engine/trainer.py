@@ -346,5 +346,6 @@ def train(data_dir: Path | str, run_dir: Path | str, cfg: Config, progress: bool
     if stop_reason in ("time-limit",) or stop_reason.startswith("SIG") or stop_reason == "peer":
         say(f"stopped at step {step} ({stop_reason}); checkpoint saved. Resume with the same command: scrollseg train {data_dir} {run.root}", main)
     dist.barrier(info)
+    dist.shutdown(info)
     return TrainResult(run.root, step, step >= cfg.train.steps, stop_reason, best_score)
 
