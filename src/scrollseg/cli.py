@@ -27,7 +27,8 @@ def build_train_config(run: Path, preset: str | None, overrides: list[str], allo
         return build_config(preset or "default", overrides)
     saved = from_dict(read_yaml(saved_path))
     wanted = build_config(preset, overrides) if preset else from_dict(merge(saved.to_dict(), parse_overrides(overrides)))
-    check_resumable(saved, wanted, allow_change, saved_path)
+    if RunDir(run).resume_candidates():  # a run with nothing saved may start over with another config
+        check_resumable(saved, wanted, allow_change, saved_path)
     return wanted
 
 

@@ -146,7 +146,7 @@ def train(data_dir: Path | str, run_dir: Path | str, cfg: Config, progress: bool
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not cfg.train.deterministic
 
-    if run.config_path.is_file():
+    if run.config_path.is_file() and run.resume_candidates():  # a run with nothing saved may start over
         check_resumable(from_dict(read_yaml(run.config_path)), cfg, allow_change, run.config_path)
     if main:
         try:
