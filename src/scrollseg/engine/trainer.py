@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import random
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -205,6 +206,8 @@ def train(data_dir: Path | str, run_dir: Path | str, cfg: Config, progress: bool
     else:
         net = fast
 
+    if device.type == "cpu" and sum(p.numel() for p in model.parameters()) > 20_000_000:
+        warnings.warn("this model is sized for GPUs and will train very slowly on the CPU; use --preset tiny for a CPU run", stacklevel=2)
     global_batch = micro_batch * info.world * accumulation
     say(
         f"train: {len(train_volumes)} volumes, validate: {len(val_volumes)} | device {device} x{info.world}, {precision.name} | "
