@@ -8,7 +8,6 @@ import zipfile
 
 import numpy as np
 import pytest
-import torch
 
 from scrollseg.checkpoint import RunDir, load_checkpoint
 from scrollseg.config import build_config

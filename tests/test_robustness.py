@@ -1,11 +1,9 @@
 """Faults and hostile input: kills, signals, deadlines, out-of-memory, failing writes, bad files."""
 import errno
-import os
 import signal
 import subprocess
 import sys
 import time
-import zipfile
 
 import numpy as np
 import pytest

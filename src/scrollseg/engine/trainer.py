@@ -238,7 +238,7 @@ def train(data_dir: Path | str, run_dir: Path | str, cfg: Config, progress: bool
         sampler = PatchSampler(train_volumes, cfg.data.patch_size, micro_batch, cfg.data.foreground_fraction, cfg.train.seed, info.rank, info.world)
         return iter(make_loader(sampler, step, cfg.train.steps, accumulation, cfg.data.num_workers, device.type == "cuda"))
 
-    def optimizer_step(lr: float) -> float:
+    def optimizer_step(lr: float, batches) -> float:
         """One optimizer step over ``accumulation`` micro-batches; returns the summed loss."""
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -277,7 +277,7 @@ def train(data_dir: Path | str, run_dir: Path | str, cfg: Config, progress: bool
         while step < cfg.train.steps and not stop_reason:
             lr = learning_rate(step, cfg.train.steps, cfg.optim)
             try:
-                window["loss"] += optimizer_step(lr)
+                window["loss"] += optimizer_step(lr, batches)
             except torch.cuda.OutOfMemoryError:
                 # keep the effective batch: half the micro-batch, twice the accumulation
                 optimizer.zero_grad(set_to_none=True)
