@@ -59,7 +59,8 @@ def _worker(rank: int, world: int, port: int, results, fn: Callable, args: tuple
     try:
         results.put((rank, fn(*args)))
     except ScrollsegError as exc:
-        print(f"error (rank {rank}): {exc}", file=sys.stderr, flush=True)
+        sys.stderr.write(f"error (rank {rank}): {exc}\n")  # one write, so ranks never splice lines
+        sys.stderr.flush()
         os._exit(exc.exit_code)
     except BaseException:
         traceback.print_exc()

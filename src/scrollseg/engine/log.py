@@ -56,4 +56,6 @@ class MetricsLog:
 
 def say(message: str, enabled: bool = True) -> None:
     if enabled:
-        print(message, file=sys.stderr, flush=True)
+        # one write per line: ranks sharing a terminal or pipe then never splice lines
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
