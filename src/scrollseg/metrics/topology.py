@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import cc3d
 import numpy as np
 
+from .betti_matching import matched_counts
+
 DIM_WEIGHTS = (0.34, 0.33, 0.33)
 
 
@@ -95,6 +97,7 @@ def topo_counts(gt: np.ndarray, pred: np.ndarray) -> TopoCounts:
     for sl in octant_slices(gt.shape):
         g = finite_feature_counts(gt[sl])
         p = finite_feature_counts(pred[sl])
+        m = matched_counts(pred[sl], gt[sl], (p, g))
         for k in range(3):
-            totals[k] += (min(p[k], g[k]), p[k], g[k])
+            totals[k] += (m[k], p[k], g[k])
     return TopoCounts(tuple(tuple(int(v) for v in row) for row in totals))
