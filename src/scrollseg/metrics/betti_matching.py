@@ -92,181 +92,162 @@ def matched_dim0(fp, fg, X, Y, Z):
     return matched
 
 
-@njit(cache=True)
-def _cube_value(f, x, y, z, Y, Z):
+def _face_values(f: np.ndarray) -> np.ndarray:
+    """Per face id (voxel index * 3 + type): 0 foreground, 1 background, 2 no such face."""
+    X, Y, Z = f.shape
+    out = np.full((X, Y, Z, 3), 2, np.uint8)
+    out[:, :-1, :-1, 0] = 1 - (f[:, :-1, :-1] & f[:, 1:, :-1] & f[:, :-1, 1:] & f[:, 1:, 1:])
+    out[:-1, :, :-1, 1] = 1 - (f[:-1, :, :-1] & f[1:, :, :-1] & f[:-1, :, 1:] & f[1:, :, 1:])
+    out[:-1, :-1, :, 2] = 1 - (f[:-1, :-1, :] & f[1:, :-1, :] & f[:-1, 1:, :] & f[1:, 1:, :])
+    return out.ravel()
+
+
+def _cube_values(f: np.ndarray) -> np.ndarray:
+    """Per voxel index of a cube's lowest corner: 0 foreground, 1 background (or no cube)."""
+    X, Y, Z = f.shape
+    out = np.ones((X, Y, Z), np.uint8)
+    inner = f[:-1, :-1, :-1].copy()
     for dx in range(2):
         for dy in range(2):
             for dz in range(2):
-                if f[((x + dx) * Y + y + dy) * Z + z + dz] == 0:
-                    return 1
-    return 0
+                inner &= f[dx:X - 1 + dx, dy:Y - 1 + dy, dz:Z - 1 + dz]
+    out[:-1, :-1, :-1] = 1 - inner
+    return out.ravel()
+
+
+def _edges_inside(f: np.ndarray) -> np.ndarray:
+    """Per edge id (voxel index * 3 + direction): 1 when both voxels are foreground."""
+    X, Y, Z = f.shape
+    out = np.zeros((X, Y, Z, 3), np.uint8)
+    out[:-1, :, :, 0] = f[:-1] & f[1:]
+    out[:, :-1, :, 1] = f[:, :-1] & f[:, 1:]
+    out[:, :, :-1, 2] = f[:, :, :-1] & f[:, :, 1:]
+    return out.ravel()
 
 
 @njit(cache=True)
-def _face_cells(fid, X, Y, Z):
-    """(valid, voxel corner x, y, z, type) of a face id = voxel index * 3 + type."""
-    t = fid % 3
-    v = fid // 3
-    z = v % Z
-    y = (v // Z) % Y
-    x = v // (Y * Z)
-    if t == 0:
-        ok = y + 1 < Y and z + 1 < Z
-    elif t == 1:
-        ok = x + 1 < X and z + 1 < Z
-    else:
-        ok = x + 1 < X and y + 1 < Y
-    return ok, x, y, z, t
+def _elder(cube_value, a, b):
+    """Whether 3-cell a is older than b in the dual filtration (higher value, then index)."""
+    return cube_value[a] > cube_value[b] or (cube_value[a] == cube_value[b] and a > b)
 
 
 @njit(cache=True)
-def _face_value(f, x, y, z, t, Y, Z):
-    """0 when all four voxels of the face are foreground."""
-    v = (x * Y + y) * Z + z
-    if t == 0:
-        a, b, c = Z, 1, Z + 1
-    elif t == 1:
-        a, b, c = Y * Z, 1, Y * Z + 1
-    else:
-        a, b, c = Y * Z, Z, Y * Z + Z
-    return 1 - (f[v] & f[v + a] & f[v + b] & f[v + c])
+def _dual_pass(face_value, cube_value, cube_key_value, X, Y, Z, recorded, check0, check1, creators):
+    """Union-find of 3-cells over the faces, from the top of the filtration.
 
-
-@njit(cache=True)
-def _face_cubes(x, y, z, t, X, Y, Z, inf):
-    """The two 3-cells on either side of a face (inf outside the volume)."""
-    my, mz = Y - 1, Z - 1
-    if t == 0:
-        lo = ((x - 1) * my + y) * mz + z if x > 0 else inf
-        hi = (x * my + y) * mz + z if x + 1 < X else inf
-    elif t == 1:
-        lo = (x * my + y - 1) * mz + z if y > 0 else inf
-        hi = (x * my + y) * mz + z if y + 1 < Y else inf
-    else:
-        lo = (x * my + y) * mz + z - 1 if z > 0 else inf
-        hi = (x * my + y) * mz + z if z + 1 < Z else inf
-    return lo, hi
-
-
-@njit(cache=True)
-def _dual_pass(fa, fu, X, Y, Z, recorded, check0, check1, creators):
-    """Union-find of 3-cells over the faces of mask ``fa`` from the top of its filtration.
-
-    At each merge that ends a finite interval of ``fa`` the younger component's
-    oldest 3-cell in the comparison order is ``recorded``. With ``check0``/``check1``
-    given (the comparison pass), returns how many ended intervals were recorded by
-    both inputs, and marks in ``creators`` the faces that create a 2-cycle.
+    Faces are taken by decreasing (value, index); a 3-cell's age is its value in
+    ``cube_value`` then its index, the outside counting as oldest. Components are
+    rooted at their eldest cell in ``cube_key_value`` order. At each merge that ends
+    a finite interval (a foreground face joining a background-born component), the
+    younger root is recorded; with ``check0``/``check1`` given, returns how many ended
+    intervals both inputs recorded, and marks the merging faces in ``creators``.
     """
-    mx, my, mz = X - 1, Y - 1, Z - 1
-    nc = mx * my * mz
-    inf = nc
-    parent = np.arange(nc + 1)
-    size = np.ones(nc + 1, np.int32)
-    big = 2 * (nc + 1)
-    key_a = np.empty(nc + 1, np.int64)  # eldest = largest (value, index)
-    key_u = np.empty(nc + 1, np.int64)
-    for x in range(mx):
-        for y in range(my):
-            for z in range(mz):
-                c = (x * my + y) * mz + z
-                key_a[c] = _cube_value(fa, x, y, z, Y, Z) * (nc + 1) + c
-                key_u[c] = _cube_value(fu, x, y, z, Y, Z) * (nc + 1) + c
-    key_a[inf] = big + inf
-    key_u[inf] = big + inf
+    n = X * Y * Z
+    inf = n
+    parent = np.arange(n + 1, dtype=np.int32)
+    eldest = np.arange(n + 1, dtype=np.int32)  # per root: eldest cell by cube_value
+    cv = np.empty(n + 1, np.uint8)
+    cv[:n] = cube_value
+    cv[inf] = 2
+    ckv = np.empty(n + 1, np.uint8)
+    ckv[:n] = cube_key_value
+    ckv[inf] = 2
+    strides = (Y * Z, Z, 1)
     matched = 0
-    nf = 3 * X * Y * Z
-    for phase in range(2):  # faces of value 1 then 0, each by decreasing index
-        value_wanted = 1 - phase
-        for fid in range(nf - 1, -1, -1):
-            ok, x, y, z, t = _face_cells(fid, X, Y, Z)
-            if not ok:
-                continue
-            value = _face_value(fa, x, y, z, t, Y, Z)
-            if value != value_wanted:
-                continue
-            lo, hi = _face_cubes(x, y, z, t, X, Y, Z, inf)
-            a = _find(parent, lo)
-            b = _find(parent, hi)
-            if a == b:
-                continue
-            younger_a = min(key_a[a], key_a[b])
-            if value == 0 and younger_a >= nc + 1 and younger_a < big:
-                dying = min(key_u[a], key_u[b]) % (nc + 1)
-                if check0.shape[0] == 0:
-                    recorded[dying] = 1
-                elif check0[dying] and check1[dying]:
-                    matched += 1
-            if creators.shape[0] > 0:
-                creators[fid] = 1
-            if size[a] < size[b]:
-                a, b = b, a
-            parent[b] = a
-            size[a] += size[b]
-            key_a[a] = max(key_a[a], key_a[b])
-            key_u[a] = max(key_u[a], key_u[b])
+    comparing = check0.shape[0] > 0
+    for phase in range(2):  # faces of value 1, then of value 0
+        wanted = 1 - phase
+        for x in range(X - 1, -1, -1):
+            for y in range(Y - 1, -1, -1):
+                for z in range(Z - 1, -1, -1):
+                    v = (x * Y + y) * Z + z
+                    for t in range(2, -1, -1):
+                        fid = 3 * v + t
+                        if face_value[fid] != wanted:
+                            continue
+                        coord = x if t == 0 else (y if t == 1 else z)
+                        size = X if t == 0 else (Y if t == 1 else Z)
+                        lo = v - strides[t] if coord > 0 else inf
+                        hi = v if coord + 1 < size else inf
+                        a = _find(parent, lo)
+                        b = _find(parent, hi)
+                        if a == b:
+                            continue
+                        if comparing:
+                            creators[fid] = 1
+                        ea = eldest[a]
+                        eb = eldest[b]
+                        younger_a = eb if _elder(cv, ea, eb) else ea
+                        if wanted == 0 and cv[younger_a] == 1:
+                            # the younger root in the comparison order keys the interval
+                            dying = b if _elder(ckv, a, b) else a
+                            if comparing:
+                                if check0[dying] and check1[dying]:
+                                    matched += 1
+                            else:
+                                recorded[dying] = 1
+                        if _elder(ckv, a, b):
+                            parent[b] = a
+                            eldest[a] = ea if _elder(cv, ea, eb) else eb
+                        else:
+                            parent[a] = b
+                            eldest[b] = ea if _elder(cv, ea, eb) else eb
     return matched
 
 
-def matched_dim2_and_creators(fp, fg, X, Y, Z, need_dim2: bool):
+def matched_dim2_and_creators(fp, fg, need_dim2: bool):
     """(matched 2-dim intervals, 2-cycle creators of the comparison filtration)."""
-    nc = (X - 1) * (Y - 1) * (Z - 1)
+    X, Y, Z = fp.shape
     fu = fp | fg
+    n = fp.size
     empty = np.zeros(0, np.uint8)
-    creators = np.zeros(3 * X * Y * Z, np.uint8)
+    creators = np.zeros(3 * n, np.uint8)
+    cube_u = _cube_values(fu)
     if need_dim2:
-        rec_p = np.zeros(nc + 1, np.uint8)
-        rec_g = np.zeros(nc + 1, np.uint8)
-        _dual_pass(fp, fu, X, Y, Z, rec_p, empty, empty, empty)
-        _dual_pass(fg, fu, X, Y, Z, rec_g, empty, empty, empty)
+        rec_p = np.zeros(n + 1, np.uint8)
+        rec_g = np.zeros(n + 1, np.uint8)
+        _dual_pass(_face_values(fp), _cube_values(fp), cube_u, X, Y, Z, rec_p, empty, empty, empty)
+        _dual_pass(_face_values(fg), _cube_values(fg), cube_u, X, Y, Z, rec_g, empty, empty, empty)
     else:
-        rec_p = rec_g = np.zeros(nc + 1, np.uint8)
-    matched = _dual_pass(fu, fu, X, Y, Z, np.zeros(nc + 1, np.uint8), rec_p, rec_g, creators)
+        rec_p = rec_g = np.zeros(n + 1, np.uint8)
+    matched = _dual_pass(_face_values(fu), cube_u, cube_u, X, Y, Z, empty, rec_p, rec_g, creators)
     return matched, creators
 
 
 @njit(cache=True)
-def _boundary_mod(fq, fid, X, Y, Z, out):
-    """Sorted edge ids of a face's boundary, without the edges inside mask ``fq``."""
-    t = fid % 3
-    v = fid // 3
-    sy, sx = Z, Y * Z
+def _face_edges(v, t, sx, sy):
+    """The four edge ids (voxel index * 3 + direction) of face (v, t), ascending."""
     if t == 0:  # spans y, z
-        e0, e1, e2, e3 = v * 3 + 1, (v + 1) * 3 + 1, v * 3 + 2, (v + sy) * 3 + 2
-        w0, w1, w2, w3 = (v, v + sy), (v + 1, v + 1 + sy), (v, v + 1), (v + sy, v + sy + 1)
+        a, b, c, d = v * 3 + 1, v * 3 + 2, (v + 1) * 3 + 1, (v + sy) * 3 + 2
     elif t == 1:  # spans x, z
-        e0, e1, e2, e3 = v * 3, (v + 1) * 3, v * 3 + 2, (v + sx) * 3 + 2
-        w0, w1, w2, w3 = (v, v + sx), (v + 1, v + 1 + sx), (v, v + 1), (v + sx, v + sx + 1)
+        a, b, c, d = v * 3, v * 3 + 2, (v + 1) * 3, (v + sx) * 3 + 2
     else:  # spans x, y
-        e0, e1, e2, e3 = v * 3, (v + sy) * 3, v * 3 + 1, (v + sx) * 3 + 1
-        w0, w1, w2, w3 = (v, v + sx), (v + sy, v + sy + sx), (v, v + sy), (v + sx, v + sx + sy)
+        a, b, c, d = v * 3, v * 3 + 1, (v + sy) * 3, (v + sx) * 3 + 1
+    if c > d:
+        c, d = d, c
+    return a, b, c, d
+
+
+@njit(cache=True)
+def _raw_column(inside, src, sx, sy, out):
+    v = src // 3
+    a, b, c, d = _face_edges(v, src - 3 * v, sx, sy)
     n = 0
-    if not (fq[w0[0]] and fq[w0[1]]):
-        out[n] = e0
-        n += 1
-    if not (fq[w1[0]] and fq[w1[1]]):
-        out[n] = e1
-        n += 1
-    if not (fq[w2[0]] and fq[w2[1]]):
-        out[n] = e2
-        n += 1
-    if not (fq[w3[0]] and fq[w3[1]]):
-        out[n] = e3
-        n += 1
-    # insertion sort of at most four ids
-    for i in range(1, n):
-        key = out[i]
-        j = i - 1
-        while j >= 0 and out[j] > key:
-            out[j + 1] = out[j]
-            j -= 1
-        out[j + 1] = key
+    for e in (a, b, c, d):
+        if not inside[e]:
+            out[n] = e
+            n += 1
     return n
 
 
 @njit(cache=True)
-def _symdiff(a, na, b, nb, out):
-    i = j = k = 0
-    while i < na and j < nb:
+def _symdiff(a, na, b, b0, nb, out):
+    """Symmetric difference of sorted a[:na] and b[b0:b0 + nb] into out; returns its length."""
+    i = 0
+    j = b0
+    end = b0 + nb
+    k = 0
+    while i < na and j < end:
         if a[i] < b[j]:
             out[k] = a[i]
             i += 1
@@ -282,7 +263,7 @@ def _symdiff(a, na, b, nb, out):
         out[k] = a[i]
         i += 1
         k += 1
-    while j < nb:
+    while j < end:
         out[k] = b[j]
         j += 1
         k += 1
@@ -290,99 +271,118 @@ def _symdiff(a, na, b, nb, out):
 
 
 @njit(cache=True)
-def killing_faces(fq, fu, X, Y, Z, creators):
-    """Faces outside the comparison foreground at which a cycle of mask ``fq`` dies.
+def _reduce_taken(inside, slot, pool, used, first, n, w1, w2, other, fid, sx, sy):
+    """Reduce a column whose pivot is taken; store it unless it becomes zero.
 
-    Columns are the faces in the comparison order (foreground faces, then the rest,
-    each by index), creators skipped; a column reducing to zero modulo the edges of
-    ``fq`` kills a cycle of ``fq``.
+    ``first[:n]`` is the face's boundary. Returns (pool, used, zero).
     """
-    nf = 3 * X * Y * Z
-    owner = np.full(nf, -1, np.int64)
-    owner_at = np.full(nf, -1, np.int64)
-    owner_len = np.zeros(nf, np.int32)
-    pool = np.empty(1 << 16, np.int64)
+    col, tmp = w1, w2
+    col[:n] = first[:n]
+    while n > 0:
+        src = slot[col[n - 1]]
+        if src == -1:
+            break
+        if src >= 0:
+            m = _raw_column(inside, src, sx, sy, other)
+            if n + m > tmp.shape[0]:
+                tmp = np.empty(2 * (n + m), np.int32)
+            n = _symdiff(col, n, other, 0, m, tmp)
+        else:
+            at = -src - 2
+            m = pool[at]
+            if n + m > tmp.shape[0]:
+                tmp = np.empty(2 * (n + m), np.int32)
+            n = _symdiff(col, n, pool, at + 1, m, tmp)
+        col, tmp = tmp, col
+    if n == 0:
+        return pool, used, True
+    if used + n + 1 > pool.shape[0]:
+        if 2 * (used + n + 1) >= 2**31 - 2:
+            raise MemoryError("Betti matching: reduced columns exceed the int32 pool")
+        grown = np.empty(2 * (used + n + 1), np.int32)
+        grown[:used] = pool[:used]
+        pool = grown
+    pool[used] = n
+    pool[used + 1:used + 1 + n] = col[:n]
+    slot[col[n - 1]] = -(used + 2)
+    return pool, used + n + 1, False
+
+
+@njit(cache=True)
+def _killing_faces(inside_p, inside_g, columns, n_first, nf, sx, sy, kills):
+    """Mark the faces at which a cycle of the prediction (bit 1) or label (bit 2) dies.
+
+    ``columns`` holds face ids in the comparison order: the ``n_first`` foreground
+    faces, then the others, each by index, without the 2-cycle creators (they reduce
+    to zero). For each mask the rows are the edges not inside it; a later column that
+    reduces to zero there kills a cycle of that mask. Per mask and edge, a slot
+    names the column whose pivot the edge is: a face id (its boundary, recomputed on
+    use) or -(offset + 2) of a reduced column kept in ``pool`` as (length, entries).
+    """
+    slots = np.full((2, nf), -1, np.int32)
+    pool = np.empty(1 << 16, np.int32)  # shared by both masks
     used = 0
-    cap = 1 << 12
-    col = np.empty(cap, np.int64)
-    other = np.empty(cap, np.int64)
-    tmp = np.empty(cap, np.int64)
-    kills = np.zeros(nf, np.uint8)
-    for phase in range(2):
-        for fid in range(nf):
-            if creators[fid]:
-                continue
-            ok, x, y, z, t = _face_cells(fid, X, Y, Z)
-            if not ok or _face_value(fu, x, y, z, t, Y, Z) != phase:
-                continue
-            n = _boundary_mod(fq, fid, X, Y, Z, col)
-            reduced = False
-            while n > 0:
-                piv = col[n - 1]
-                src = owner[piv]
-                if src < 0:
-                    break
-                if owner_at[piv] < 0:
-                    m = _boundary_mod(fq, src, X, Y, Z, other)
+    first = np.empty(4, np.int32)
+    w1 = np.empty(1 << 14, np.int32)
+    w2 = np.empty(1 << 14, np.int32)
+    other = np.empty(4, np.int32)
+    for i in range(columns.shape[0]):
+        fid = columns[i]
+        v = fid // 3
+        a, b, c, d = _face_edges(v, fid - 3 * v, sx, sy)
+        for k in range(2):
+            inside = inside_p if k == 0 else inside_g
+            n = 0
+            if not inside[a]:
+                first[n] = a
+                n += 1
+            if not inside[b]:
+                first[n] = b
+                n += 1
+            if not inside[c]:
+                first[n] = c
+                n += 1
+            if not inside[d]:
+                first[n] = d
+                n += 1
+            zero = n == 0
+            if not zero:
+                pivot = first[n - 1]
+                if slots[k, pivot] == -1:  # most columns: the pivot is free, nothing to store
+                    slots[k, pivot] = fid
                 else:
-                    m = owner_len[piv]
-                    if m > other.shape[0]:
-                        other = np.empty(2 * m, np.int64)
-                    other[:m] = pool[owner_at[piv]:owner_at[piv] + m]
-                if n + m > tmp.shape[0]:
-                    grown = np.empty(2 * (n + m), np.int64)
-                    tmp = grown
-                    keep = np.empty(2 * (n + m), np.int64)
-                    keep[:n] = col[:n]
-                    col = keep
-                n = _symdiff(col, n, other, m, tmp)
-                col, tmp = tmp, col
-                reduced = True
-            if n == 0:
-                if phase == 1:
-                    kills[fid] = 1
-                continue
-            piv = col[n - 1]
-            owner[piv] = fid
-            if reduced:
-                if used + n > pool.shape[0]:
-                    grown = np.empty(2 * (used + n), np.int64)
-                    grown[:used] = pool[:used]
-                    pool = grown
-                pool[used:used + n] = col[:n]
-                owner_at[piv] = used
-                owner_len[piv] = n
-                used += n
+                    pool, used, zero = _reduce_taken(inside, slots[k], pool, used, first, n, w1, w2, other, fid, sx, sy)
+            if zero and i >= n_first:
+                kills[fid] |= 1 << k
+
+
+def killing_faces(fp: np.ndarray, fg: np.ndarray, column_class: np.ndarray) -> np.ndarray:
+    """Per face: bit 1 when it kills a prediction cycle, bit 2 when it kills a label cycle."""
+    X, Y, Z = fp.shape
+    first = np.flatnonzero(column_class == 0).astype(np.int32)
+    columns = np.concatenate([first, np.flatnonzero(column_class == 1).astype(np.int32)])
+    kills = np.zeros(column_class.size, np.uint8)
+    _killing_faces(_edges_inside(fp), _edges_inside(fg), columns, first.size, column_class.size, Y * Z, Z, kills)
     return kills
 
 
-def matched_counts(pred: np.ndarray, gt: np.ndarray, finite: tuple[tuple[int, int, int], tuple[int, int, int]]):
-    """Matched counts (m0, m1, m2) for one octant; ``finite`` = (pred counts, label counts)."""
-    X, Y, Z = pred.shape
+def matched_counts(pred: np.ndarray, gt: np.ndarray, finite) -> tuple[int, int, int]:
+    """Matched counts (m0, m1, m2) of one octant; ``finite`` = (pred counts, label counts)."""
     p_counts, g_counts = finite
     need = [p_counts[k] > 0 and g_counts[k] > 0 for k in range(3)]
     if not any(need):
         return 0, 0, 0
     if np.array_equal(pred, gt):
-        return tuple(p_counts)
-    fp = np.ascontiguousarray(pred, dtype=np.uint8).ravel()
-    fg = np.ascontiguousarray(gt, dtype=np.uint8).ravel()
-    m0 = matched_dim0(fp, fg, X, Y, Z) if need[0] else 0
+        return tuple(int(c) for c in p_counts)
+    fp = np.ascontiguousarray(pred, dtype=np.uint8)
+    fg = np.ascontiguousarray(gt, dtype=np.uint8)
+    X, Y, Z = fp.shape
+    m0 = matched_dim0(fp.ravel(), fg.ravel(), X, Y, Z) if need[0] else 0
     m1 = m2 = 0
-    if (need[1] or need[2]) and min(X, Y, Z) >= 2:
-        m2, creators = matched_dim2_and_creators(fp, fg, X, Y, Z, need[2])
+    if need[1] or need[2]:
+        m2, creators = matched_dim2_and_creators(fp, fg, need[2])
         if need[1]:
-            fu = fp | fg
-            kp = killing_faces(fp, fu, X, Y, Z, creators)
-            kg = killing_faces(fg, fu, X, Y, Z, creators)
-            m1 = int(np.count_nonzero(kp & kg))
-        if not need[2]:
-            m2 = 0
-    elif need[1]:
-        # a slab one voxel thick: no 3-cells, so no face creates a 2-cycle
-        fu = fp | fg
-        creators = np.zeros(3 * X * Y * Z, np.uint8)
-        kp = killing_faces(fp, fu, X, Y, Z, creators)
-        kg = killing_faces(fg, fu, X, Y, Z, creators)
-        m1 = int(np.count_nonzero(kp & kg))
+            column_class = _face_values(fp | fg)
+            column_class[creators.astype(bool)] = 2
+            m1 = int(np.count_nonzero(killing_faces(fp, fg, column_class) == 3))
     return int(m0), int(m1), int(m2)
