@@ -271,45 +271,145 @@ def _symdiff(a, na, b, b0, nb, out):
 
 
 @njit(cache=True)
-def _reduce_taken(inside, slot, pool, used, first, n, w1, w2, other, fid, sx, sy):
-    """Reduce a column whose pivot is taken; store it unless it becomes zero.
-
-    ``first[:n]`` is the face's boundary. Returns (pool, used, zero).
-    """
-    col, tmp = w1, w2
-    col[:n] = first[:n]
-    while n > 0:
-        src = slot[col[n - 1]]
-        if src == -1:
+def _heap_push(heap, h, e):
+    """Push e on the max-heap heap[:h]; returns (heap, new size)."""
+    if h == heap.shape[0]:
+        grown = np.empty(2 * h, np.int32)
+        grown[:h] = heap[:h]
+        heap = grown
+    i = h
+    while i > 0:
+        parent = (i - 1) >> 1
+        if heap[parent] >= e:
             break
-        if src >= 0:
-            m = _raw_column(inside, src, sx, sy, other)
-            if n + m > tmp.shape[0]:
-                tmp = np.empty(2 * (n + m), np.int32)
-            n = _symdiff(col, n, other, 0, m, tmp)
-        else:
-            at = -src - 2
-            m = pool[at]
-            if n + m > tmp.shape[0]:
-                tmp = np.empty(2 * (n + m), np.int32)
-            n = _symdiff(col, n, pool, at + 1, m, tmp)
-        col, tmp = tmp, col
-    if n == 0:
-        return pool, used, True
-    if used + n + 1 > pool.shape[0]:
-        if 2 * (used + n + 1) >= 2**31 - 2:
-            raise MemoryError("Betti matching: reduced columns exceed the int32 pool")
-        grown = np.empty(2 * (used + n + 1), np.int32)
-        grown[:used] = pool[:used]
-        pool = grown
-    pool[used] = n
-    pool[used + 1:used + 1 + n] = col[:n]
-    slot[col[n - 1]] = -(used + 2)
-    return pool, used + n + 1, False
+        heap[i] = heap[parent]
+        i = parent
+    heap[i] = e
+    return heap, h + 1
 
 
 @njit(cache=True)
-def _killing_faces(inside_p, inside_g, columns, n_first, nf, sx, sy, kills):
+def _heap_pop(heap, h):
+    """Remove the top of the max-heap heap[:h]; returns the new size."""
+    h -= 1
+    e = heap[h]
+    i = 0
+    while True:
+        child = 2 * i + 1
+        if child >= h:
+            break
+        if child + 1 < h and heap[child + 1] > heap[child]:
+            child += 1
+        if heap[child] <= e:
+            break
+        heap[i] = heap[child]
+        i = child
+    if h > 0:
+        heap[i] = e
+    return h
+
+
+@njit(cache=True)
+def _earlier(face_u, f, d, d_fg):
+    """Whether face f precedes face d in the comparison order (foreground faces first)."""
+    fu = face_u[f]
+    if fu == 2:
+        return False
+    if fu == 0:
+        return (not d_fg) or f < d
+    return (not d_fg) and f < d
+
+
+@njit(cache=True)
+def _reduce_taken(inside, slot, pool, used, first, n, bits, heap, other, sx, sy, face_u, d, d_fg):
+    """Reduce face d's column, whose pivot is taken; store it unless it becomes zero.
+
+    The working column is a bit per edge plus a max-heap of its entries (stale
+    entries are dropped when they surface), so adding a face costs O(log n).
+    Any earlier face whose boundary has the current pivot as its largest edge may
+    reduce it, as may the column stored under the pivot: their boundaries all lie
+    in the span of earlier columns. Of the faces, the one cancelling most entries
+    is added, which keeps the column local instead of sweeping it across the
+    volume. Returns (pool, used, zero, heap).
+    """
+    h = 0
+    for j in range(n):
+        bits[first[j]] = 1
+        heap, h = _heap_push(heap, h, first[j])
+    zero = True
+    while True:
+        while h > 0 and bits[heap[0]] == 0:
+            h = _heap_pop(heap, h)
+        if h == 0:
+            break
+        piv = heap[0]
+        src = slot[piv]
+        if src == -1:
+            zero = False
+            break
+        w = piv // 3
+        t = piv - 3 * w
+        if t == 0:  # the faces containing the pivot edge
+            f0, f1, f2, f3 = 3 * w + 1, 3 * (w - 1) + 1, 3 * w + 2, 3 * (w - sy) + 2
+        elif t == 1:
+            f0, f1, f2, f3 = 3 * w, 3 * (w - 1), 3 * w + 2, 3 * (w - sx) + 2
+        else:
+            f0, f1, f2, f3 = 3 * w, 3 * (w - sy), 3 * w + 1, 3 * (w - sx) + 1
+        best = -1
+        best_score = -1
+        for f in (f0, f1, f2, f3):
+            if f < 0 or not _earlier(face_u, f, d, d_fg):
+                continue
+            m = _raw_column(inside, f, sx, sy, other)
+            if m == 0 or other[m - 1] != piv:
+                continue
+            score = 0
+            for j in range(m - 1):
+                score += bits[other[j]]
+            if score > best_score:
+                best_score = score
+                best = f
+        if best < 0 and src >= 0:
+            best = src
+        if best >= 0:
+            m = _raw_column(inside, best, sx, sy, other)
+            for j in range(m):
+                e = other[j]
+                bits[e] ^= 1
+                if bits[e]:
+                    heap, h = _heap_push(heap, h, e)
+        else:
+            at = -src - 2
+            for j in range(at + 1, at + 1 + pool[at]):
+                e = pool[j]
+                bits[e] ^= 1
+                if bits[e]:
+                    heap, h = _heap_push(heap, h, e)
+    if zero:
+        return pool, used, True, heap
+    # drain the heap: the entries, largest first, clearing their bits
+    if used + h + 1 > pool.shape[0]:
+        if 2 * (used + h + 1) >= 2**31 - 2:
+            raise MemoryError("Betti matching: reduced columns exceed the int32 pool")
+        grown = np.empty(2 * (used + h + 1), np.int32)
+        grown[:used] = pool[:used]
+        pool = grown
+    count = 0
+    while h > 0:
+        e = heap[0]
+        h = _heap_pop(heap, h)
+        if bits[e]:
+            bits[e] = 0
+            pool[used + 1 + count] = e
+            count += 1
+    pool[used + 1:used + 1 + count] = pool[used + 1:used + 1 + count][::-1].copy()
+    pool[used] = count
+    slot[pool[used + count]] = -(used + 2)
+    return pool, used + count + 1, False, heap
+
+
+@njit(cache=True)
+def _killing_faces(inside_p, inside_g, face_u, columns, n_first, nf, sx, sy, kills):
     """Mark the faces at which a cycle of the prediction (bit 1) or label (bit 2) dies.
 
     ``columns`` holds face ids in the comparison order: the ``n_first`` foreground
@@ -323,8 +423,8 @@ def _killing_faces(inside_p, inside_g, columns, n_first, nf, sx, sy, kills):
     pool = np.empty(1 << 16, np.int32)  # shared by both masks
     used = 0
     first = np.empty(4, np.int32)
-    w1 = np.empty(1 << 14, np.int32)
-    w2 = np.empty(1 << 14, np.int32)
+    bits = np.zeros(nf, np.uint8)  # the working column, one byte per edge
+    heap = np.empty(1 << 10, np.int32)
     other = np.empty(4, np.int32)
     for i in range(columns.shape[0]):
         fid = columns[i]
@@ -351,18 +451,18 @@ def _killing_faces(inside_p, inside_g, columns, n_first, nf, sx, sy, kills):
                 if slots[k, pivot] == -1:  # most columns: the pivot is free, nothing to store
                     slots[k, pivot] = fid
                 else:
-                    pool, used, zero = _reduce_taken(inside, slots[k], pool, used, first, n, w1, w2, other, fid, sx, sy)
+                    pool, used, zero, heap = _reduce_taken(inside, slots[k], pool, used, first, n, bits, heap, other, sx, sy, face_u, fid, i < n_first)
             if zero and i >= n_first:
                 kills[fid] |= 1 << k
 
 
-def killing_faces(fp: np.ndarray, fg: np.ndarray, column_class: np.ndarray) -> np.ndarray:
+def killing_faces(fp: np.ndarray, fg: np.ndarray, column_class: np.ndarray, face_u: np.ndarray) -> np.ndarray:
     """Per face: bit 1 when it kills a prediction cycle, bit 2 when it kills a label cycle."""
     X, Y, Z = fp.shape
     first = np.flatnonzero(column_class == 0).astype(np.int32)
     columns = np.concatenate([first, np.flatnonzero(column_class == 1).astype(np.int32)])
     kills = np.zeros(column_class.size, np.uint8)
-    _killing_faces(_edges_inside(fp), _edges_inside(fg), columns, first.size, column_class.size, Y * Z, Z, kills)
+    _killing_faces(_edges_inside(fp), _edges_inside(fg), face_u, columns, first.size, column_class.size, Y * Z, Z, kills)
     return kills
 
 
@@ -382,7 +482,8 @@ def matched_counts(pred: np.ndarray, gt: np.ndarray, finite) -> tuple[int, int, 
     if need[1] or need[2]:
         m2, creators = matched_dim2_and_creators(fp, fg, need[2])
         if need[1]:
-            column_class = _face_values(fp | fg)
+            face_u = _face_values(fp | fg)
+            column_class = face_u.copy()
             column_class[creators.astype(bool)] = 2
-            m1 = int(np.count_nonzero(killing_faces(fp, fg, column_class) == 3))
+            m1 = int(np.count_nonzero(killing_faces(fp, fg, column_class, face_u) == 3))
     return int(m0), int(m1), int(m2)
