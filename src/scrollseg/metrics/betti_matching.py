@@ -271,12 +271,18 @@ def _symdiff(a, na, b, b0, nb, out):
 
 
 @njit(cache=True)
+def _grown(heap, h, extra):
+    """heap, or a copy of heap[:h] with room for ``extra`` more entries."""
+    if h + extra <= heap.shape[0]:
+        return heap
+    grown = np.empty(2 * (h + extra), np.int32)
+    grown[:h] = heap[:h]
+    return grown
+
+
+@njit(cache=True)
 def _heap_push(heap, h, e):
-    """Push e on the max-heap heap[:h]; returns (heap, new size)."""
-    if h == heap.shape[0]:
-        grown = np.empty(2 * h, np.int32)
-        grown[:h] = heap[:h]
-        heap = grown
+    """Push e on the max-heap heap[:h] (which has room); returns the new size."""
     i = h
     while i > 0:
         parent = (i - 1) >> 1
@@ -285,7 +291,7 @@ def _heap_push(heap, h, e):
         heap[i] = heap[parent]
         i = parent
     heap[i] = e
-    return heap, h + 1
+    return h + 1
 
 
 @njit(cache=True)
@@ -333,9 +339,10 @@ def _reduce_taken(inside, slot, pool, used, first, n, bits, heap, other, sx, sy,
     volume. Returns (pool, used, zero, heap).
     """
     h = 0
+    heap = _grown(heap, h, n)
     for j in range(n):
         bits[first[j]] = 1
-        heap, h = _heap_push(heap, h, first[j])
+        h = _heap_push(heap, h, first[j])
     zero = True
     while True:
         while h > 0 and bits[heap[0]] == 0:
@@ -373,18 +380,20 @@ def _reduce_taken(inside, slot, pool, used, first, n, bits, heap, other, sx, sy,
             best = src
         if best >= 0:
             m = _raw_column(inside, best, sx, sy, other)
+            heap = _grown(heap, h, m)
             for j in range(m):
                 e = other[j]
                 bits[e] ^= 1
                 if bits[e]:
-                    heap, h = _heap_push(heap, h, e)
+                    h = _heap_push(heap, h, e)
         else:
             at = -src - 2
+            heap = _grown(heap, h, pool[at])
             for j in range(at + 1, at + 1 + pool[at]):
                 e = pool[j]
                 bits[e] ^= 1
                 if bits[e]:
-                    heap, h = _heap_push(heap, h, e)
+                    h = _heap_push(heap, h, e)
     if zero:
         return pool, used, True, heap
     # drain the heap: the entries, largest first, clearing their bits
