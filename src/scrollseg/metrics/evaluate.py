@@ -110,7 +110,6 @@ def format_table(result: dict) -> str:
         )
     m = result["mean"]
     lines.append(f"{'mean':>12} {m['leaderboard']:11.4f} {m['topo']:6.3f} {'':20} {m['surface_dice']:6.3f} {m['voi_score']:6.3f}")
-    lines.append("(topo counts a feature as matched up to min(predicted, label) per octant: an upper bound of the official Betti matching)")
     return "\n".join(lines)
 
 

@@ -1,14 +1,12 @@
-"""Topology score from per-octant Betti numbers.
+"""TopoScore: Betti matching of the inverted masks per 2x2x2 octant.
 
 The leaderboard's TopoScore counts persistence pairs of the inverted masks
 (foreground 0, background 1) in a cubical complex whose higher cells take the max
 of their voxels, per 2x2x2 octant of the volume. In that filtration every finite
 pair of the foreground is born at 0 and dies at 1, so the predicted count p_k and
 label count g_k in dimension k are Betti numbers of the foreground complex
-(dimension 0 minus the component that never dies). Betti matching pairs features
-through the comparison image; here a feature is counted as matched up to
-``min(p_k, g_k)``, an upper bound on the exact matching that agrees with it when
-features correspond one to one.
+(dimension 0 minus the component that never dies); the matched count m_k comes
+from ``betti_matching``.
 
 Betti numbers come from connected components and the Euler characteristic:
 b0 = 6-connected foreground components, b2 = 26-connected background components
