@@ -46,17 +46,18 @@ def _find(parent, i):
 
 @njit(cache=True)
 def matched_dim0(fp, fg, X, Y, Z):
-    """Matched 0-dimensional intervals; fp/fg are flat uint8 foreground masks."""
+    """Matched 0-dimensional intervals; fp/fg are flat uint8 foreground masks.
+
+    Components are rooted at their oldest voxel in the comparison order (lowest
+    value, then index), as the elder rule links them; per root the oldest voxel of
+    each input is kept alongside.
+    """
     n = X * Y * Z
     fu = fp | fg
-    parent = np.arange(n)
-    size = np.ones(n, np.int32)
-    # per root: the oldest voxel (lowest value, then index) in each filtration
-    key_c = np.empty(n, np.int64)
-    key_p = np.empty(n, np.int64)
-    key_g = np.empty(n, np.int64)
+    parent = np.arange(n, dtype=np.int32)
+    key_p = np.empty(n, np.int32)
+    key_g = np.empty(n, np.int32)
     for v in range(n):
-        key_c[v] = (1 - fu[v]) * n + v
         key_p[v] = (1 - fp[v]) * n + v
         key_g[v] = (1 - fg[v]) * n + v
     strides = (Y * Z, Z, 1)
@@ -70,23 +71,21 @@ def matched_dim0(fp, fg, X, Y, Z):
                         if (t == 0 and x + 1 >= X) or (t == 1 and y + 1 >= Y) or (t == 2 and z + 1 >= Z):
                             continue
                         w = v + strides[t]
-                        value = 1 - (fu[v] & fu[w])
-                        if value != phase:
+                        if 1 - (fu[v] & fu[w]) != phase:
                             continue
                         a = _find(parent, v)
                         b = _find(parent, w)
                         if a == b:
                             continue
-                        if phase == 1 and max(key_c[a], key_c[b]) < n:
+                        # order the roots: a elder (foreground first, then lower index)
+                        if (1 - fu[a], a) > (1 - fu[b], b):
+                            a, b = b, a
+                        if phase == 1 and fu[b]:
                             # a comparison interval ends; matched when the younger
                             # component is born at 0 in both inputs too
                             if max(key_p[a], key_p[b]) < n and max(key_g[a], key_g[b]) < n:
                                 matched += 1
-                        if size[a] < size[b]:
-                            a, b = b, a
                         parent[b] = a
-                        size[a] += size[b]
-                        key_c[a] = min(key_c[a], key_c[b])
                         key_p[a] = min(key_p[a], key_p[b])
                         key_g[a] = min(key_g[a], key_g[b])
     return matched
