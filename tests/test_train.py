@@ -46,6 +46,23 @@ def test_short_training_run_loss_falls(small_dataset, tmp_path):
     assert (tmp_path / "run" / "config.yaml").is_file()
 
 
+def test_background_validation_scores_like_inline(small_dataset, tmp_path):
+    """Scores computed in the worker process equal the inline ones; best.pt is the
+    state of the best validation step, and no candidate checkpoint is left behind."""
+    results = {}
+    for mode in ("inline", "background"):
+        cfg = build_config("tiny", tiny_overrides(**{"train.steps": 6, "train.val_every": 3, "train.val_scoring": mode}))
+        train(small_dataset, tmp_path / mode, cfg, progress=False)
+        records = [json.loads(l) for l in (tmp_path / mode / "metrics.jsonl").read_text().splitlines()]
+        results[mode] = [(r["step"], r["val/leaderboard"]) for r in records if "val/leaderboard" in r]
+        names = {p.name for p in (tmp_path / mode / "checkpoints").iterdir()}
+        assert "best.pt" in names and not any(n.startswith("candidate-") for n in names)
+        best_step = max(results[mode], key=lambda sv: sv[1])[0]
+        assert load_checkpoint(tmp_path / mode / "checkpoints" / "best.pt")["step"] == best_step
+    assert [s for s, _ in results["background"]] == [s for s, _ in results["inline"]] == [3, 6]
+    assert [v for _, v in results["background"]] == pytest.approx([v for _, v in results["inline"]], abs=1e-12)
+
+
 def test_same_seed_same_weights_and_exact_resume(small_dataset, tmp_path):
     over = tiny_overrides(**{"train.steps": 12, "train.seed": 7})
     train(small_dataset, tmp_path / "a", build_config("tiny", over), progress=False)

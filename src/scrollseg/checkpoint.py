@@ -83,6 +83,27 @@ class RunDir:
     def save_best(self, state: dict) -> None:
         atomic_save(state, self.checkpoints / "best.pt")
 
+    def candidate_path(self, step: int) -> Path:
+        return self.checkpoints / f"candidate-{step:08d}.pt"
+
+    def save_candidate(self, state: dict, step: int) -> None:
+        """The state at a validation whose score is still being computed."""
+        atomic_save(state, self.candidate_path(step))
+
+    def settle_candidate(self, step: int, best: bool) -> None:
+        """Make the candidate of ``step`` the best checkpoint, or drop it."""
+        path = self.candidate_path(step)
+        if best:
+            path.replace(self.checkpoints / "best.pt")
+        else:
+            path.unlink(missing_ok=True)
+
+    def drop_candidates(self) -> None:
+        """Candidates whose scores never arrived (the run stopped first)."""
+        if self.checkpoints.is_dir():
+            for path in self.checkpoints.glob("candidate-*.pt"):
+                path.unlink(missing_ok=True)
+
     def remove_temporary_files(self) -> None:
         if self.checkpoints.is_dir():
             for tmp in self.checkpoints.glob(".*.tmp*"):

@@ -80,6 +80,7 @@ class TrainConfig:
     precision: str = "auto"  # "auto", "bf16", "fp16" or "fp32"
     val_every: int = 1000
     val_volumes: int = 4  # at most this many held-out volumes per validation; 0: all
+    val_scoring: str = "auto"  # "background" (a CPU process), "inline", or "auto": background on accelerators
     log_every: int = 20
     checkpoint_steps: int = 1000
     checkpoint_minutes: float = 30.0
@@ -254,6 +255,7 @@ def validate(cfg: Config) -> None:
     need(0.0 <= cfg.inference.overlap < 1.0, "inference.overlap must lie in [0, 1)")
     need(0.0 <= cfg.augment.spatial_prob <= 1.0, "augment.spatial_prob must lie in [0, 1]")
     need(cfg.train.compile in ("auto", "on", "off"), "train.compile must be auto, on or off")
+    need(cfg.train.val_scoring in ("auto", "background", "inline"), "train.val_scoring must be auto, background or inline")
     need(cfg.train.channels_last in ("auto", "on", "off"), "train.channels_last must be auto, on or off")
     tile = cfg.tile_size()
     need(len(tile) == 3 and all(t % stride == 0 for t in tile), f"inference.tile must be three sizes divisible by {stride}")
@@ -279,7 +281,7 @@ def diff(a: Config, b: Config) -> list[str]:
 
 
 # settings that may differ between sessions of one run: budgets, bookkeeping, inference
-RESUMABLE_CHANGES = ("train.steps", "train.minutes", "train.time_limit", "train.checkpoint", "train.val_every",
+RESUMABLE_CHANGES = ("train.steps", "train.minutes", "train.time_limit", "train.checkpoint", "train.val_every", "train.val_scoring",
                      "train.log_every", "train.keep_last", "train.threads", "data.num_workers", "inference.")
 
 

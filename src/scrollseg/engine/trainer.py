@@ -31,16 +31,14 @@ from ..data.layout import VolumeRef, list_volumes
 from ..data.loader import make_loader
 from ..data.sampler import PatchSampler
 from ..errors import DataError, ScrollsegError
-from ..inference.postprocess import binarise
-from ..inference.predict import probability_map
 from ..losses import segmentation_loss
-from ..metrics.leaderboard import score_volume
 from ..models import build_model
 from .deadline import Clock, StopSignals
 from .monitor import GpuMonitor
 from .log import MetricsLog, say
 from .precision import resolve_precision
 from .schedule import learning_rate
+from .validation import BackgroundScorer, predict_masks, score_pairs
 from .speed import resolve_speed, speed_up, to_memory_format
 
 
@@ -115,19 +113,9 @@ def restore_rng_state(state: dict | None) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def validate(model: torch.nn.Module, volumes, cfg: Config, device: torch.device) -> dict:
-    """Mean leaderboard metric of the held-out volumes, with the inference settings but
-    without flip TTA, which would make every validation eight times as long."""
-    model.eval()
-    scores = []
-    settings = dataclasses.replace(cfg.inference, tta=False)
-    for vol in volumes:
-        prob = probability_map(model, np.asarray(vol.image), settings, cfg.tile_size(), device, (vol.mean, vol.std))
-        mask = binarise(prob, cfg.inference.threshold, cfg.inference.hysteresis_low, cfg.inference.min_component)
-        scores.append(score_volume(np.asarray(vol.label), mask))
-    model.train()
-    keys = ("leaderboard", "topo", "surface_dice", "voi_score")
-    return {f"val/{k}": float(np.mean([getattr(s, k) for s in scores])) for k in keys}
+def background_scoring(cfg: Config, device: torch.device) -> bool:
+    """Score validations in a CPU process: asked for, or automatic on an accelerator."""
+    return cfg.train.val_scoring == "background" or (cfg.train.val_scoring == "auto" and device.type != "cpu")
 
 
 def train(data_dir: Path | str, run_dir: Path | str, cfg: Config, progress: bool = True, strategy: str = "ddp",
@@ -234,6 +222,24 @@ def train(data_dir: Path | str, run_dir: Path | str, cfg: Config, progress: bool
             "rng": rng,
         }
 
+    scorer = BackgroundScorer() if main and background_scoring(cfg, device) else None
+    if main:
+        run.drop_candidates()
+
+    def record_validation(at_step: int, scores: dict) -> bool:
+        """Log a validation; whether it is the best so far."""
+        nonlocal best_score
+        log.write({"step": at_step, **scores})
+        say(f"step {at_step:>6} validation leaderboard {scores['val/leaderboard']:.4f}", main)
+        if best_score is None or scores["val/leaderboard"] > best_score:
+            best_score = scores["val/leaderboard"]
+            return True
+        return False
+
+    def settle_validations(wait: bool) -> None:
+        for at_step, scores in scorer.results(wait):
+            run.settle_candidate(at_step, record_validation(at_step, scores))
+
     def open_batches():
         sampler = PatchSampler(train_volumes, cfg.data.patch_size, micro_batch, cfg.data.foreground_fraction, cfg.train.seed, info.rank, info.world)
         return iter(make_loader(sampler, step, cfg.train.steps, accumulation, cfg.data.num_workers, device.type == "cuda"))
@@ -319,13 +325,18 @@ def train(data_dir: Path | str, run_dir: Path | str, cfg: Config, progress: bool
 
             if val_volumes and (step % cfg.train.val_every == 0 or step == cfg.train.steps):
                 if main:
-                    scores = validate(model, val_volumes, cfg, device)
-                    log.write({"step": step, **scores})
-                    say(f"step {step:>6} validation leaderboard {scores['val/leaderboard']:.4f}", main)
-                    if best_score is None or scores["val/leaderboard"] > best_score:
-                        best_score = scores["val/leaderboard"]
-                        run.save_best(state({"0": own_rng_state()} if not info.enabled else {}))
+                    masks = predict_masks(model, val_volumes, cfg, device)
+                    labels = [np.asarray(v.label) for v in val_volumes]
+                    if scorer is None:
+                        scores = score_pairs(labels, masks)
+                        if record_validation(step, scores):
+                            run.save_best(state({"0": own_rng_state()} if not info.enabled else {}))
+                    else:
+                        run.save_candidate(state({"0": own_rng_state()} if not info.enabled else {}), step)
+                        scorer.submit(step, labels, masks)
                 dist.barrier(info)
+            if scorer is not None:
+                settle_validations(wait=step >= cfg.train.steps)
 
             stop = signals.received or ("time-limit" if clock.deadline_near() else None) or ("minutes" if clock.budget_spent() else None)
             stop = dist.broadcast_flag(bool(stop), info, device) and (stop or "peer")
@@ -342,6 +353,11 @@ def train(data_dir: Path | str, run_dir: Path | str, cfg: Config, progress: bool
                 stop_reason = "steps"
 
     del batches
+    if scorer is not None:
+        if stop_reason == "steps":
+            settle_validations(wait=True)
+        scorer.close()  # a stopped run does not wait; its pending candidates are dropped
+        run.drop_candidates()
     if totals["time"] > 0:
         summary = {"data_wait": totals["wait"] / totals["time"], **gpus.summary()}
         log.write({"step": step, "event": "summary", **summary})
