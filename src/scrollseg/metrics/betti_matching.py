@@ -34,14 +34,11 @@ from numba import njit
 
 @njit(cache=True)
 def _find(parent, i):
-    root = i
-    while parent[root] != root:
-        root = parent[root]
-    while parent[i] != root:
-        nxt = parent[i]
-        parent[i] = root
-        i = nxt
-    return root
+    """Root of i, halving the path on the way."""
+    while parent[i] != i:
+        parent[i] = parent[parent[i]]
+        i = parent[i]
+    return i
 
 
 @njit(cache=True)
@@ -270,16 +267,6 @@ def _symdiff(a, na, b, b0, nb, out):
 
 
 @njit(cache=True)
-def _grown(heap, h, extra):
-    """heap, or a copy of heap[:h] with room for ``extra`` more entries."""
-    if h + extra <= heap.shape[0]:
-        return heap
-    grown = np.empty(2 * (h + extra), np.int32)
-    grown[:h] = heap[:h]
-    return grown
-
-
-@njit(cache=True)
 def _heap_push(heap, h, e):
     """Push e on the max-heap heap[:h] (which has room); returns the new size."""
     i = h
@@ -326,7 +313,7 @@ def _earlier(face_u, f, d, d_fg):
 
 
 @njit(cache=True)
-def _reduce_taken(inside, slot, pool, used, first, n, bits, heap, other, sx, sy, face_u, d, d_fg):
+def _reduce_taken(inside, slot, pool, used, first, n, bits, heap, other, sx, sy, face_u, d, d_fg):  # noqa: C901
     """Reduce face d's column, whose pivot is taken; store it unless it becomes zero.
 
     The working column is a bit per edge plus a max-heap of its entries (stale
@@ -335,10 +322,10 @@ def _reduce_taken(inside, slot, pool, used, first, n, bits, heap, other, sx, sy,
     reduce it, as may the column stored under the pivot: their boundaries all lie
     in the span of earlier columns. Of the faces, the one cancelling most entries
     is added, which keeps the column local instead of sweeping it across the
-    volume. Returns (pool, used, zero, heap).
+    volume. Returns (used, zero), or used = -1 when ``heap`` or ``pool`` is too small
+    (the caller then starts over with larger ones).
     """
     h = 0
-    heap = _grown(heap, h, n)
     for j in range(n):
         bits[first[j]] = 1
         h = _heap_push(heap, h, first[j])
@@ -379,7 +366,9 @@ def _reduce_taken(inside, slot, pool, used, first, n, bits, heap, other, sx, sy,
             best = src
         if best >= 0:
             m = _raw_column(inside, best, sx, sy, other)
-            heap = _grown(heap, h, m)
+            if h + m > heap.shape[0]:
+                _clear(bits, heap, h)
+                return -1, False
             for j in range(m):
                 e = other[j]
                 bits[e] ^= 1
@@ -387,21 +376,20 @@ def _reduce_taken(inside, slot, pool, used, first, n, bits, heap, other, sx, sy,
                     h = _heap_push(heap, h, e)
         else:
             at = -src - 2
-            heap = _grown(heap, h, pool[at])
+            if h + pool[at] > heap.shape[0]:
+                _clear(bits, heap, h)
+                return -1, False
             for j in range(at + 1, at + 1 + pool[at]):
                 e = pool[j]
                 bits[e] ^= 1
                 if bits[e]:
                     h = _heap_push(heap, h, e)
     if zero:
-        return pool, used, True, heap
+        return used, True
     # drain the heap: the entries, largest first, clearing their bits
     if used + h + 1 > pool.shape[0]:
-        if 2 * (used + h + 1) >= 2**31 - 2:
-            raise MemoryError("Betti matching: reduced columns exceed the int32 pool")
-        grown = np.empty(2 * (used + h + 1), np.int32)
-        grown[:used] = pool[:used]
-        pool = grown
+        _clear(bits, heap, h)
+        return -1, False
     count = 0
     while h > 0:
         e = heap[0]
@@ -410,14 +398,25 @@ def _reduce_taken(inside, slot, pool, used, first, n, bits, heap, other, sx, sy,
             bits[e] = 0
             pool[used + 1 + count] = e
             count += 1
-    pool[used + 1:used + 1 + count] = pool[used + 1:used + 1 + count][::-1].copy()
+    lo = used + 1
+    hi = used + count
+    while lo < hi:  # ascending order
+        pool[lo], pool[hi] = pool[hi], pool[lo]
+        lo += 1
+        hi -= 1
     pool[used] = count
     slot[pool[used + count]] = -(used + 2)
-    return pool, used + count + 1, False, heap
+    return used + count + 1, False
 
 
 @njit(cache=True)
-def _killing_faces(inside_p, inside_g, face_u, columns, n_first, nf, sx, sy, kills):
+def _clear(bits, heap, h):
+    for j in range(h):
+        bits[heap[j]] = 0
+
+
+@njit(cache=True)
+def _killing_faces(inside_p, inside_g, face_u, columns, n_first, nf, sx, sy, kills, pool, heap):
     """Mark the faces at which a cycle of the prediction (bit 1) or label (bit 2) dies.
 
     ``columns`` holds face ids in the comparison order: the ``n_first`` foreground
@@ -425,14 +424,13 @@ def _killing_faces(inside_p, inside_g, face_u, columns, n_first, nf, sx, sy, kil
     to zero). For each mask the rows are the edges not inside it; a later column that
     reduces to zero there kills a cycle of that mask. Per mask and edge, a slot
     names the column whose pivot the edge is: a face id (its boundary, recomputed on
-    use) or -(offset + 2) of a reduced column kept in ``pool`` as (length, entries).
+    use) or -(offset + 2) of a reduced column kept in ``pool`` (shared by both masks)
+    as (length, entries). Returns False when ``pool`` or ``heap`` ran out.
     """
     slots = np.full((2, nf), -1, np.int32)
-    pool = np.empty(1 << 16, np.int32)  # shared by both masks
     used = 0
     first = np.empty(4, np.int32)
     bits = np.zeros(nf, np.uint8)  # the working column, one byte per edge
-    heap = np.empty(1 << 10, np.int32)
     other = np.empty(4, np.int32)
     for i in range(columns.shape[0]):
         fid = columns[i]
@@ -459,9 +457,12 @@ def _killing_faces(inside_p, inside_g, face_u, columns, n_first, nf, sx, sy, kil
                 if slots[k, pivot] == -1:  # most columns: the pivot is free, nothing to store
                     slots[k, pivot] = fid
                 else:
-                    pool, used, zero, heap = _reduce_taken(inside, slots[k], pool, used, first, n, bits, heap, other, sx, sy, face_u, fid, i < n_first)
+                    used, zero = _reduce_taken(inside, slots[k], pool, used, first, n, bits, heap, other, sx, sy, face_u, fid, i < n_first)
+                    if used < 0:
+                        return False
             if zero and i >= n_first:
                 kills[fid] |= 1 << k
+    return True
 
 
 def killing_faces(fp: np.ndarray, fg: np.ndarray, column_class: np.ndarray, face_u: np.ndarray) -> np.ndarray:
@@ -469,9 +470,16 @@ def killing_faces(fp: np.ndarray, fg: np.ndarray, column_class: np.ndarray, face
     X, Y, Z = fp.shape
     first = np.flatnonzero(column_class == 0).astype(np.int32)
     columns = np.concatenate([first, np.flatnonzero(column_class == 1).astype(np.int32)])
-    kills = np.zeros(column_class.size, np.uint8)
-    _killing_faces(_edges_inside(fp), _edges_inside(fg), face_u, columns, first.size, column_class.size, Y * Z, Z, kills)
-    return kills
+    inside_p, inside_g = _edges_inside(fp), _edges_inside(fg)
+    pool_size, heap_size = 1 << 22, 1 << 16
+    while True:
+        kills = np.zeros(column_class.size, np.uint8)
+        pool, heap = np.empty(pool_size, np.int32), np.empty(heap_size, np.int32)
+        if _killing_faces(inside_p, inside_g, face_u, columns, first.size, column_class.size, Y * Z, Z, kills, pool, heap):
+            return kills
+        if pool_size >= 2**31 // 2:
+            raise MemoryError("Betti matching: the reduced columns outgrew a 2^31-entry pool")
+        pool_size, heap_size = 2 * pool_size, 2 * heap_size
 
 
 def matched_counts(pred: np.ndarray, gt: np.ndarray, finite) -> tuple[int, int, int]:
