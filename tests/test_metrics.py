@@ -120,3 +120,13 @@ def test_dilation_equals_distance_transform(tolerance):
     expected = (ag[dist_to_p[bg] <= tolerance].sum() + ap[dist_to_g[bp] <= tolerance].sum()) / (ag.sum() + ap.sum())
     assert sd.surface_dice(gt, pred, tolerance) == pytest.approx(expected, abs=1e-12)
     assert 0.0 < expected < 1.0
+
+
+@pytest.mark.parametrize("radius", [1.0, 1.8, 2.0, 2.2, 3.0])
+def test_ball_dilation_equals_scipy(radius):
+    from scipy import ndimage
+
+    from scrollseg.metrics.surface_dice import _ball, _dilate
+
+    mask = np.random.default_rng(4).random((13, 9, 11)) < 0.05
+    assert np.array_equal(_dilate(mask, radius), ndimage.binary_dilation(mask, structure=_ball(radius)))

@@ -20,10 +20,20 @@ _CELL_KERNEL = np.array([[[128, 64], [32, 16]], [[8, 4], [2, 1]]], dtype=np.uint
 
 
 def _cell_codes(mask: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Neighbour code of every 2x2x2 cell touching the crop [lo, hi] of ``mask``."""
-    crop = np.zeros(tuple(hi - lo + 2), dtype=np.uint8)
-    crop[:-1, :-1, :-1] = mask[lo[0] : hi[0] + 1, lo[1] : hi[1] + 1, lo[2] : hi[2] + 1]
-    return ndimage.correlate(crop, _CELL_KERNEL, mode="constant", cval=0)
+    """Neighbour code of every 2x2x2 cell touching the crop [lo, hi] of ``mask``.
+
+    Cell p covers crop voxels p - 1 and p along each axis; corner (a, b, c) of it
+    weighs ``_CELL_KERNEL[a, b, c]``, so the code is a sum of eight shifted slices.
+    """
+    shape = tuple(int(v) for v in hi - lo + 2)
+    padded = np.zeros(tuple(n + 1 for n in shape), dtype=np.uint8)
+    padded[1:-1, 1:-1, 1:-1] = mask[lo[0] : hi[0] + 1, lo[1] : hi[1] + 1, lo[2] : hi[2] + 1]
+    codes = np.zeros(shape, dtype=np.uint8)
+    for a in range(2):
+        for b in range(2):
+            for c in range(2):
+                codes |= padded[a : a + shape[0], b : b + shape[1], c : c + shape[2]] * _CELL_KERNEL[a, b, c]
+    return codes
 
 
 def _ball(radius: float) -> np.ndarray:
@@ -31,6 +41,33 @@ def _ball(radius: float) -> np.ndarray:
     r = int(np.floor(radius))
     grid = np.mgrid[-r : r + 1, -r : r + 1, -r : r + 1]
     return (grid**2).sum(axis=0) <= radius * radius
+
+
+def _dilate(mask: np.ndarray, radius: float) -> np.ndarray:
+    """Binary dilation by the ball of ``radius``.
+
+    For radii from sqrt(3) to below sqrt(5) (the leaderboard's 2 among them) the ball
+    is the 3x3x3 cube, plus the six points two steps along an axis from radius 2 on:
+    a separable cube dilation and six shifts, far faster than a generic dilation.
+    """
+    r2 = radius * radius
+    if not 3 <= r2 < 5:
+        return ndimage.binary_dilation(mask, structure=_ball(radius))
+    out = mask
+    for axis in range(3):
+        grown = out.copy()
+        lo, hi = [slice(None)] * 3, [slice(None)] * 3
+        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
+        grown[tuple(hi)] |= out[tuple(lo)]
+        grown[tuple(lo)] |= out[tuple(hi)]
+        out = grown
+    if r2 >= 4:
+        for axis in range(3):
+            lo, hi = [slice(None)] * 3, [slice(None)] * 3
+            lo[axis], hi[axis] = slice(None, -2), slice(2, None)
+            out[tuple(hi)] |= mask[tuple(lo)]
+            out[tuple(lo)] |= mask[tuple(hi)]
+    return out
 
 
 def surface_dice(gt: np.ndarray, pred: np.ndarray, tolerance: float = 2.0) -> float:
@@ -56,8 +93,7 @@ def surface_dice(gt: np.ndarray, pred: np.ndarray, tolerance: float = 2.0) -> fl
     total = area_gt.sum() + area_pred.sum()
     if total == 0:
         return 0.0
-    ball = _ball(tolerance)
-    near_pred = ndimage.binary_dilation(border_pred, structure=ball)
-    near_gt = ndimage.binary_dilation(border_gt, structure=ball)
+    near_pred = _dilate(border_pred, tolerance)
+    near_gt = _dilate(border_gt, tolerance)
     overlap = area_gt[near_pred[border_gt]].sum() + area_pred[near_gt[border_pred]].sum()
     return float(overlap / total)
