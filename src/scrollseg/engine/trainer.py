@@ -11,7 +11,6 @@ Only rank 0 logs, validates and writes checkpoints.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import random
 import time
 import warnings

@@ -237,36 +237,6 @@ def _raw_column(inside, src, sx, sy, out):
 
 
 @njit(cache=True)
-def _symdiff(a, na, b, b0, nb, out):
-    """Symmetric difference of sorted a[:na] and b[b0:b0 + nb] into out; returns its length."""
-    i = 0
-    j = b0
-    end = b0 + nb
-    k = 0
-    while i < na and j < end:
-        if a[i] < b[j]:
-            out[k] = a[i]
-            i += 1
-            k += 1
-        elif a[i] > b[j]:
-            out[k] = b[j]
-            j += 1
-            k += 1
-        else:
-            i += 1
-            j += 1
-    while i < na:
-        out[k] = a[i]
-        i += 1
-        k += 1
-    while j < end:
-        out[k] = b[j]
-        j += 1
-        k += 1
-    return k
-
-
-@njit(cache=True)
 def _heap_push(heap, h, e):
     """Push e on the max-heap heap[:h] (which has room); returns the new size."""
     i = h
@@ -313,7 +283,7 @@ def _earlier(face_u, f, d, d_fg):
 
 
 @njit(cache=True)
-def _reduce_taken(inside, slot, pool, used, first, n, bits, heap, other, sx, sy, face_u, d, d_fg):  # noqa: C901
+def _reduce_taken(inside, slot, pool, used, first, n, bits, heap, other, sx, sy, face_u, d, d_fg):
     """Reduce face d's column, whose pivot is taken; store it unless it becomes zero.
 
     The working column is a bit per edge plus a max-heap of its entries (stale
