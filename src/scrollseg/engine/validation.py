@@ -20,9 +20,8 @@ import torch
 from ..config import Config
 from ..inference.postprocess import binarise
 from ..inference.predict import probability_map
+from ..metrics.evaluate import MEAN_KEYS
 from ..metrics.leaderboard import score_volume
-
-SCORE_KEYS = ("leaderboard", "topo", "surface_dice", "voi_score")
 
 
 def predict_masks(model: torch.nn.Module, volumes, cfg: Config, device: torch.device) -> list[np.ndarray]:
@@ -41,7 +40,7 @@ def predict_masks(model: torch.nn.Module, volumes, cfg: Config, device: torch.de
 def score_pairs(labels: list[np.ndarray], masks: list[np.ndarray]) -> dict:
     """Mean leaderboard metric (and its parts) over (label, mask) pairs."""
     scores = [score_volume(label, mask) for label, mask in zip(labels, masks)]
-    return {f"val/{k}": float(np.mean([getattr(s, k) for s in scores])) for k in SCORE_KEYS}
+    return {f"val/{k}": float(np.mean([getattr(s, k) for s in scores])) for k in MEAN_KEYS}
 
 
 class BackgroundScorer:
@@ -64,10 +63,6 @@ class BackgroundScorer:
             step, future = self._pending.popleft()
             out.append((step, future.result()))
         return out
-
-    @property
-    def pending_steps(self) -> list[int]:
-        return [step for step, _ in self._pending]
 
     def close(self) -> None:
         if self._pool is not None:

@@ -191,8 +191,9 @@ def _dual_pass(face_value, cube_value, cube_key_value, X, Y, Z, recorded, check0
     return matched
 
 
-def matched_dim2_and_creators(fp, fg, need_dim2: bool):
-    """(matched 2-dim intervals, 2-cycle creators of the comparison filtration)."""
+def matched_dim2_and_creators(fp, fg, face_u, need_dim2: bool):
+    """(matched 2-dim intervals, 2-cycle creators of the comparison filtration);
+    ``face_u`` holds the comparison image's face values."""
     X, Y, Z = fp.shape
     fu = fp | fg
     n = fp.size
@@ -206,7 +207,7 @@ def matched_dim2_and_creators(fp, fg, need_dim2: bool):
         _dual_pass(_face_values(fg), _cube_values(fg), cube_u, X, Y, Z, rec_g, empty, empty, empty)
     else:
         rec_p = rec_g = np.zeros(n + 1, np.uint8)
-    matched = _dual_pass(_face_values(fu), cube_u, cube_u, X, Y, Z, empty, rec_p, rec_g, creators)
+    matched = _dual_pass(face_u, cube_u, cube_u, X, Y, Z, empty, rec_p, rec_g, creators)
     return matched, creators
 
 
@@ -225,15 +226,22 @@ def _face_edges(v, t, sx, sy):
 
 
 @njit(cache=True)
-def _raw_column(inside, src, sx, sy, out):
-    v = src // 3
-    a, b, c, d = _face_edges(v, src - 3 * v, sx, sy)
+def _outside(inside, a, b, c, d, out):
+    """Of the ascending edges a..d, those not ``inside`` the mask, into out; their number."""
     n = 0
     for e in (a, b, c, d):
         if not inside[e]:
             out[n] = e
             n += 1
     return n
+
+
+@njit(cache=True)
+def _raw_column(inside, src, sx, sy, out):
+    """Face src's boundary without the edges inside the mask, ascending."""
+    v = src // 3
+    a, b, c, d = _face_edges(v, src - 3 * v, sx, sy)
+    return _outside(inside, a, b, c, d, out)
 
 
 @njit(cache=True)
@@ -408,19 +416,7 @@ def _killing_faces(inside_p, inside_g, face_u, columns, n_first, nf, sx, sy, kil
         a, b, c, d = _face_edges(v, fid - 3 * v, sx, sy)
         for k in range(2):
             inside = inside_p if k == 0 else inside_g
-            n = 0
-            if not inside[a]:
-                first[n] = a
-                n += 1
-            if not inside[b]:
-                first[n] = b
-                n += 1
-            if not inside[c]:
-                first[n] = c
-                n += 1
-            if not inside[d]:
-                first[n] = d
-                n += 1
+            n = _outside(inside, a, b, c, d, first)
             zero = n == 0
             if not zero:
                 pivot = first[n - 1]
@@ -466,9 +462,9 @@ def matched_counts(pred: np.ndarray, gt: np.ndarray, finite) -> tuple[int, int, 
     m0 = matched_dim0(fp.ravel(), fg.ravel(), X, Y, Z) if need[0] else 0
     m1 = m2 = 0
     if need[1] or need[2]:
-        m2, creators = matched_dim2_and_creators(fp, fg, need[2])
+        face_u = _face_values(fp | fg)
+        m2, creators = matched_dim2_and_creators(fp, fg, face_u, need[2])
         if need[1]:
-            face_u = _face_values(fp | fg)
             column_class = face_u.copy()
             column_class[creators.astype(bool)] = 2
             m1 = int(np.count_nonzero(killing_faces(fp, fg, column_class, face_u) == 3))
