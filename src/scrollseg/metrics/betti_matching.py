@@ -226,22 +226,22 @@ def _face_edges(v, t, sx, sy):
 
 
 @njit(cache=True)
-def _outside(inside, a, b, c, d, out):
-    """Of the ascending edges a..d, those not ``inside`` the mask, into out; their number."""
+def _outside(inside, bit, a, b, c, d, out):
+    """Of the ascending edges a..d, those not inside the mask ``bit``, into out; their number."""
     n = 0
     for e in (a, b, c, d):
-        if not inside[e]:
+        if not inside[e] & bit:
             out[n] = e
             n += 1
     return n
 
 
 @njit(cache=True)
-def _raw_column(inside, src, sx, sy, out):
+def _raw_column(inside, bit, src, sx, sy, out):
     """Face src's boundary without the edges inside the mask, ascending."""
     v = src // 3
     a, b, c, d = _face_edges(v, src - 3 * v, sx, sy)
-    return _outside(inside, a, b, c, d, out)
+    return _outside(inside, bit, a, b, c, d, out)
 
 
 @njit(cache=True)
@@ -280,6 +280,17 @@ def _heap_pop(heap, h):
 
 
 @njit(cache=True)
+def _add_entries(entries, lo, hi, bits, heap, h):
+    """Add entries[lo:hi] to the working column (bits + heap); returns the heap size."""
+    for j in range(lo, hi):
+        e = entries[j]
+        bits[e] ^= 1
+        if bits[e]:
+            h = _heap_push(heap, h, e)
+    return h
+
+
+@njit(cache=True)
 def _earlier(face_u, f, d, d_fg):
     """Whether face f precedes face d in the comparison order (foreground faces first)."""
     fu = face_u[f]
@@ -290,8 +301,30 @@ def _earlier(face_u, f, d, d_fg):
     return (not d_fg) and f < d
 
 
+# A long walk leaves a copy of its working column every SHORTCUT_EVERY steps (after the
+# first SHORTCUT_AFTER) under the pivot it has then; see _reduce_taken.
+SHORTCUT_AFTER = 128
+SHORTCUT_EVERY = 128
+
+
 @njit(cache=True)
-def _reduce_taken(inside, slot, pool, used, first, n, bits, heap, other, sx, sy, face_u, d, d_fg):
+def _snapshot(bits, heap, h, cuts, at):
+    """Copy the working column's entries to cuts[at] as (length, entries); returns the end."""
+    count = 0
+    for j in range(h):
+        e = heap[j]
+        if bits[e] == 1:
+            bits[e] = 2  # stale duplicates in the heap are skipped
+            cuts[at + 1 + count] = e
+            count += 1
+    for j in range(at + 1, at + 1 + count):
+        bits[cuts[j]] = 1
+    cuts[at] = count
+    return at + 1 + count
+
+
+@njit(cache=True)
+def _reduce_taken(inside, bit, slot, shortcut, pool, used, cuts, cuts_used, first, n, bits, heap, other, sx, sy, face_u, d, d_fg):
     """Reduce face d's column, whose pivot is taken; store it unless it becomes zero.
 
     The working column is a bit per edge plus a max-heap of its entries (stale
@@ -300,14 +333,25 @@ def _reduce_taken(inside, slot, pool, used, first, n, bits, heap, other, sx, sy,
     reduce it, as may the column stored under the pivot: their boundaries all lie
     in the span of earlier columns. Of the faces, the one cancelling most entries
     is added, which keeps the column local instead of sweeping it across the
-    volume. Returns (used, zero), or used = -1 when ``heap`` or ``pool`` is too small
-    (the caller then starts over with larger ones).
+    volume.
+
+    Shortcuts: the costly columns are those that must be swept across much of the
+    volume (a loop between two sheets pushed back slice by slice until it vanishes),
+    and neighbouring columns are swept along the same way. So a long walk leaves
+    copies of its working column in ``cuts``, filed under their pivot; each is the
+    walked column plus earlier columns, so once that column is done it lies in the
+    span of the processed columns and may be added to any later one. A later walk
+    that reaches a filed pivot adds the copy when it cancels more than half of its
+    entries, which jumps over the rest of the sweep. Returns (used, cuts_used,
+    zero), used = -1 when ``heap`` or ``pool`` is too small (the caller then starts
+    over with larger ones).
     """
     h = 0
     for j in range(n):
         bits[first[j]] = 1
         h = _heap_push(heap, h, first[j])
     zero = True
+    steps = 0
     while True:
         while h > 0 and bits[heap[0]] == 0:
             h = _heap_pop(heap, h)
@@ -318,6 +362,22 @@ def _reduce_taken(inside, slot, pool, used, first, n, bits, heap, other, sx, sy,
         if src == -1:
             zero = False
             break
+        steps += 1
+        cut = shortcut[piv]
+        if cut >= 0:
+            length = cuts[cut]
+            overlap = 0
+            for j in range(cut + 1, cut + 1 + length):
+                overlap += bits[cuts[j]]
+            if 2 * overlap > length:
+                if h + length > heap.shape[0]:
+                    _clear(bits, heap, h)
+                    return -1, cuts_used, False
+                h = _add_entries(cuts, cut + 1, cut + 1 + length, bits, heap, h)
+                continue
+        elif steps >= SHORTCUT_AFTER and steps % SHORTCUT_EVERY == 0 and cuts_used + h + 1 <= cuts.shape[0]:
+            shortcut[piv] = cuts_used
+            cuts_used = _snapshot(bits, heap, h, cuts, cuts_used)
         w = piv // 3
         t = piv - 3 * w
         if t == 0:  # the faces containing the pivot edge
@@ -331,7 +391,7 @@ def _reduce_taken(inside, slot, pool, used, first, n, bits, heap, other, sx, sy,
         for f in (f0, f1, f2, f3):
             if f < 0 or not _earlier(face_u, f, d, d_fg):
                 continue
-            m = _raw_column(inside, f, sx, sy, other)
+            m = _raw_column(inside, bit, f, sx, sy, other)
             if m == 0 or other[m - 1] != piv:
                 continue
             score = 0
@@ -343,31 +403,23 @@ def _reduce_taken(inside, slot, pool, used, first, n, bits, heap, other, sx, sy,
         if best < 0 and src >= 0:
             best = src
         if best >= 0:
-            m = _raw_column(inside, best, sx, sy, other)
+            m = _raw_column(inside, bit, best, sx, sy, other)
             if h + m > heap.shape[0]:
                 _clear(bits, heap, h)
-                return -1, False
-            for j in range(m):
-                e = other[j]
-                bits[e] ^= 1
-                if bits[e]:
-                    h = _heap_push(heap, h, e)
+                return -1, cuts_used, False
+            h = _add_entries(other, 0, m, bits, heap, h)
         else:
             at = -src - 2
             if h + pool[at] > heap.shape[0]:
                 _clear(bits, heap, h)
-                return -1, False
-            for j in range(at + 1, at + 1 + pool[at]):
-                e = pool[j]
-                bits[e] ^= 1
-                if bits[e]:
-                    h = _heap_push(heap, h, e)
+                return -1, cuts_used, False
+            h = _add_entries(pool, at + 1, at + 1 + pool[at], bits, heap, h)
     if zero:
-        return used, True
+        return used, cuts_used, True
     # drain the heap: the entries, largest first, clearing their bits
     if used + h + 1 > pool.shape[0]:
         _clear(bits, heap, h)
-        return -1, False
+        return -1, cuts_used, False
     count = 0
     while h > 0:
         e = heap[0]
@@ -384,7 +436,7 @@ def _reduce_taken(inside, slot, pool, used, first, n, bits, heap, other, sx, sy,
         hi -= 1
     pool[used] = count
     slot[pool[used + count]] = -(used + 2)
-    return used + count + 1, False
+    return used + count + 1, cuts_used, False
 
 
 @njit(cache=True)
@@ -394,54 +446,62 @@ def _clear(bits, heap, h):
 
 
 @njit(cache=True)
-def _killing_faces(inside_p, inside_g, face_u, columns, n_first, nf, sx, sy, kills, pool, heap):
+def _killing_faces(inside, face_class, face_u, sx, sy, kills, pool, heap, cuts):
     """Mark the faces at which a cycle of the prediction (bit 1) or label (bit 2) dies.
 
-    ``columns`` holds face ids in the comparison order: the ``n_first`` foreground
-    faces, then the others, each by index, without the 2-cycle creators (they reduce
-    to zero). For each mask the rows are the edges not inside it; a later column that
-    reduces to zero there kills a cycle of that mask. Per mask and edge, a slot
-    names the column whose pivot the edge is: a face id (its boundary, recomputed on
-    use) or -(offset + 2) of a reduced column kept in ``pool`` (shared by both masks)
-    as (length, entries). Returns False when ``pool`` or ``heap`` ran out.
+    Columns are the faces in the comparison order: those of ``face_class`` 0
+    (foreground), then those of class 1, each by index; class 2 (2-cycle creators,
+    which reduce to zero, and missing faces) is skipped. For each mask the rows are
+    the edges not inside it (bit 1 or 2 of ``inside``); a class-1 column that reduces
+    to zero there kills a cycle of that mask. Per mask and edge, a slot names the
+    column whose pivot the edge is: a face id (its boundary, recomputed on use) or
+    -(offset + 2) of a reduced column kept in ``pool`` (shared by both masks) as
+    (length, entries). Returns False when ``pool`` or ``heap`` ran out.
     """
+    nf = face_class.shape[0]
     slots = np.full((2, nf), -1, np.int32)
+    shortcuts = np.full((2, nf), -1, np.int32)
     used = 0
+    cuts_used = 0
     first = np.empty(4, np.int32)
     bits = np.zeros(nf, np.uint8)  # the working column, one byte per edge
     other = np.empty(4, np.int32)
-    for i in range(columns.shape[0]):
-        fid = columns[i]
-        v = fid // 3
-        a, b, c, d = _face_edges(v, fid - 3 * v, sx, sy)
-        for k in range(2):
-            inside = inside_p if k == 0 else inside_g
-            n = _outside(inside, a, b, c, d, first)
-            zero = n == 0
-            if not zero:
-                pivot = first[n - 1]
-                if slots[k, pivot] == -1:  # most columns: the pivot is free, nothing to store
-                    slots[k, pivot] = fid
-                else:
-                    used, zero = _reduce_taken(inside, slots[k], pool, used, first, n, bits, heap, other, sx, sy, face_u, fid, i < n_first)
-                    if used < 0:
-                        return False
-            if zero and i >= n_first:
-                kills[fid] |= 1 << k
+    for phase in range(2):
+        for fid in range(nf):
+            if face_class[fid] != phase:
+                continue
+            v = fid // 3
+            a, b, c, d = _face_edges(v, fid - 3 * v, sx, sy)
+            for k in range(2):
+                bit = k + 1
+                n = _outside(inside, bit, a, b, c, d, first)
+                zero = n == 0
+                if not zero:
+                    slot = slots[k]
+                    pivot = first[n - 1]
+                    if slot[pivot] == -1:  # most columns: the pivot is free, nothing to store
+                        slot[pivot] = fid
+                    else:
+                        used, cuts_used, zero = _reduce_taken(
+                            inside, bit, slot, shortcuts[k], pool, used, cuts, cuts_used,
+                            first, n, bits, heap, other, sx, sy, face_u, fid, phase == 0)
+                        if used < 0:
+                            return False
+                if zero and phase == 1:
+                    kills[fid] |= bit
     return True
 
 
-def killing_faces(fp: np.ndarray, fg: np.ndarray, column_class: np.ndarray, face_u: np.ndarray) -> np.ndarray:
+def killing_faces(fp: np.ndarray, fg: np.ndarray, face_class: np.ndarray, face_u: np.ndarray) -> np.ndarray:
     """Per face: bit 1 when it kills a prediction cycle, bit 2 when it kills a label cycle."""
-    X, Y, Z = fp.shape
-    first = np.flatnonzero(column_class == 0).astype(np.int32)
-    columns = np.concatenate([first, np.flatnonzero(column_class == 1).astype(np.int32)])
-    inside_p, inside_g = _edges_inside(fp), _edges_inside(fg)
+    _, Y, Z = fp.shape
+    inside = _edges_inside(fp) | (_edges_inside(fg) << 1)
     pool_size, heap_size = 1 << 22, 1 << 16
+    cuts = np.empty(1 << 22, np.int32)  # shortcut copies; when full, no more are made
     while True:
-        kills = np.zeros(column_class.size, np.uint8)
+        kills = np.zeros(face_class.size, np.uint8)
         pool, heap = np.empty(pool_size, np.int32), np.empty(heap_size, np.int32)
-        if _killing_faces(inside_p, inside_g, face_u, columns, first.size, column_class.size, Y * Z, Z, kills, pool, heap):
+        if _killing_faces(inside, face_class, face_u, Y * Z, Z, kills, pool, heap, cuts):
             return kills
         if pool_size >= 2**31 // 2:
             raise MemoryError("Betti matching: the reduced columns outgrew a 2^31-entry pool")
@@ -465,7 +525,7 @@ def matched_counts(pred: np.ndarray, gt: np.ndarray, finite) -> tuple[int, int, 
         face_u = _face_values(fp | fg)
         m2, creators = matched_dim2_and_creators(fp, fg, face_u, need[2])
         if need[1]:
-            column_class = face_u.copy()
-            column_class[creators.astype(bool)] = 2
-            m1 = int(np.count_nonzero(killing_faces(fp, fg, column_class, face_u) == 3))
+            face_class = face_u.copy()
+            face_class[creators.astype(bool)] = 2
+            m1 = int(np.count_nonzero(killing_faces(fp, fg, face_class, face_u) == 3))
     return int(m0), int(m1), int(m2)
