@@ -324,7 +324,7 @@ def _snapshot(bits, heap, h, cuts, at):
 
 
 @njit(cache=True)
-def _reduce_taken(inside, bit, slot, shortcut, pool, used, cuts, cuts_used, first, n, bits, heap, other, sx, sy, face_u, d, d_fg):
+def _reduce_taken(inside, bit, pivots, pool, used, cuts, cuts_used, first, n, bits, heap, other, sx, sy, face_u, d, d_fg):
     """Reduce face d's column, whose pivot is taken; store it unless it becomes zero.
 
     The working column is a bit per edge plus a max-heap of its entries (stale
@@ -358,12 +358,12 @@ def _reduce_taken(inside, bit, slot, shortcut, pool, used, cuts, cuts_used, firs
         if h == 0:
             break
         piv = heap[0]
-        src = slot[piv]
+        src = pivots[piv, 0]
         if src == -1:
             zero = False
             break
         steps += 1
-        cut = shortcut[piv]
+        cut = pivots[piv, 1]
         if cut >= 0:
             length = cuts[cut]
             overlap = 0
@@ -376,7 +376,7 @@ def _reduce_taken(inside, bit, slot, shortcut, pool, used, cuts, cuts_used, firs
                 h = _add_entries(cuts, cut + 1, cut + 1 + length, bits, heap, h)
                 continue
         elif steps >= SHORTCUT_AFTER and steps % SHORTCUT_EVERY == 0 and cuts_used + h + 1 <= cuts.shape[0]:
-            shortcut[piv] = cuts_used
+            pivots[piv, 1] = cuts_used
             cuts_used = _snapshot(bits, heap, h, cuts, cuts_used)
         w = piv // 3
         t = piv - 3 * w
@@ -435,7 +435,7 @@ def _reduce_taken(inside, bit, slot, shortcut, pool, used, cuts, cuts_used, firs
         lo += 1
         hi -= 1
     pool[used] = count
-    slot[pool[used + count]] = -(used + 2)
+    pivots[pool[used + count], 0] = -(used + 2)
     return used + count + 1, cuts_used, False
 
 
@@ -446,25 +446,24 @@ def _clear(bits, heap, h):
 
 
 @njit(cache=True)
-def _killing_faces(inside, face_class, face_u, sx, sy, kills, pool, heap, cuts):
+def _killing_faces(inside, face_class, face_u, sx, sy, kills, pivots, bits, pool, heap, cuts):
     """Mark the faces at which a cycle of the prediction (bit 1) or label (bit 2) dies.
 
     Columns are the faces in the comparison order: those of ``face_class`` 0
     (foreground), then those of class 1, each by index; class 2 (2-cycle creators,
     which reduce to zero, and missing faces) is skipped. For each mask the rows are
     the edges not inside it (bit 1 or 2 of ``inside``); a class-1 column that reduces
-    to zero there kills a cycle of that mask. Per mask and edge, a slot names the
-    column whose pivot the edge is: a face id (its boundary, recomputed on use) or
-    -(offset + 2) of a reduced column kept in ``pool`` (shared by both masks) as
-    (length, entries). Returns False when ``pool`` or ``heap`` ran out.
+    to zero there kills a cycle of that mask. ``pivots[k, edge]`` holds, for mask k,
+    the column whose pivot the edge is (-1 none; a face id, its boundary recomputed on
+    use; or -(offset + 2) of a reduced column kept in ``pool``, shared by both masks,
+    as (length, entries)) next to the edge's shortcut copy in ``cuts`` (-1 none), so
+    that one cache line serves both lookups. ``bits`` is all zero on entry and exit.
+    Returns False when ``pool`` or ``heap`` ran out.
     """
     nf = face_class.shape[0]
-    slots = np.full((2, nf), -1, np.int32)
-    shortcuts = np.full((2, nf), -1, np.int32)
     used = 0
     cuts_used = 0
     first = np.empty(4, np.int32)
-    bits = np.zeros(nf, np.uint8)  # the working column, one byte per edge
     other = np.empty(4, np.int32)
     for phase in range(2):
         for fid in range(nf):
@@ -477,13 +476,13 @@ def _killing_faces(inside, face_class, face_u, sx, sy, kills, pool, heap, cuts):
                 n = _outside(inside, bit, a, b, c, d, first)
                 zero = n == 0
                 if not zero:
-                    slot = slots[k]
                     pivot = first[n - 1]
-                    if slot[pivot] == -1:  # most columns: the pivot is free, nothing to store
-                        slot[pivot] = fid
+                    # (full indexing: a row view here would cost reference counting per face)
+                    if pivots[k, pivot, 0] == -1:  # most columns: the pivot is free, nothing to store
+                        pivots[k, pivot, 0] = fid
                     else:
                         used, cuts_used, zero = _reduce_taken(
-                            inside, bit, slot, shortcuts[k], pool, used, cuts, cuts_used,
+                            inside, bit, pivots[k], pool, used, cuts, cuts_used,
                             first, n, bits, heap, other, sx, sy, face_u, fid, phase == 0)
                         if used < 0:
                             return False
@@ -492,24 +491,53 @@ def _killing_faces(inside, face_class, face_u, sx, sy, kills, pool, heap, cuts):
     return True
 
 
-def killing_faces(fp: np.ndarray, fg: np.ndarray, face_class: np.ndarray, face_u: np.ndarray) -> np.ndarray:
+class Workspace:
+    """Buffers of the dimension-1 reduction, reused from one octant to the next.
+
+    The tables are large (about 20 bytes per edge) and mostly touched once, so
+    fresh pages for every octant would cost more than filling them again.
+    """
+
+    def __init__(self):
+        self._buffers: dict[str, np.ndarray] = {}
+
+    def array(self, name: str, shape: tuple[int, ...], dtype, fill=None) -> np.ndarray:
+        size = int(np.prod(shape))
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.size < size or buffer.dtype != dtype:
+            buffer = self._buffers[name] = np.empty(size, dtype)
+        view = buffer[:size].reshape(shape)
+        if fill is not None:
+            view.fill(fill)
+        return view
+
+
+def killing_faces(fp: np.ndarray, fg: np.ndarray, face_class: np.ndarray, face_u: np.ndarray,
+                  workspace: Workspace | None = None) -> np.ndarray:
     """Per face: bit 1 when it kills a prediction cycle, bit 2 when it kills a label cycle."""
     _, Y, Z = fp.shape
+    ws = workspace or Workspace()
+    nf = face_class.size
     inside = _edges_inside(fp) | (_edges_inside(fg) << 1)
+    bits = ws.array("bits", (nf,), np.uint8, fill=0)
+    cuts = ws.array("cuts", (1 << 22,), np.int32)  # shortcut copies; when full, no more are made
     pool_size, heap_size = 1 << 22, 1 << 16
-    cuts = np.empty(1 << 22, np.int32)  # shortcut copies; when full, no more are made
     while True:
-        kills = np.zeros(face_class.size, np.uint8)
-        pool, heap = np.empty(pool_size, np.int32), np.empty(heap_size, np.int32)
-        if _killing_faces(inside, face_class, face_u, Y * Z, Z, kills, pool, heap, cuts):
+        kills = np.zeros(nf, np.uint8)
+        pivots = ws.array("pivots", (2, nf, 2), np.int32, fill=-1)
+        pool, heap = ws.array("pool", (pool_size,), np.int32), ws.array("heap", (heap_size,), np.int32)
+        if _killing_faces(inside, face_class, face_u, Y * Z, Z, kills, pivots, bits, pool, heap, cuts):
             return kills
         if pool_size >= 2**31 // 2:
             raise MemoryError("Betti matching: the reduced columns outgrew a 2^31-entry pool")
         pool_size, heap_size = 2 * pool_size, 2 * heap_size
 
 
-def matched_counts(pred: np.ndarray, gt: np.ndarray, finite) -> tuple[int, int, int]:
-    """Matched counts (m0, m1, m2) of one octant; ``finite`` = (pred counts, label counts)."""
+def matched_counts(pred: np.ndarray, gt: np.ndarray, finite, workspace: Workspace | None = None) -> tuple[int, int, int]:
+    """Matched counts (m0, m1, m2) of one octant; ``finite`` = (pred counts, label counts).
+
+    ``workspace`` lends buffers to reuse across calls (see ``Workspace``).
+    """
     p_counts, g_counts = finite
     need = [p_counts[k] > 0 and g_counts[k] > 0 for k in range(3)]
     if not any(need):
@@ -527,5 +555,5 @@ def matched_counts(pred: np.ndarray, gt: np.ndarray, finite) -> tuple[int, int, 
         if need[1]:
             face_class = face_u.copy()
             face_class[creators.astype(bool)] = 2
-            m1 = int(np.count_nonzero(killing_faces(fp, fg, face_class, face_u) == 3))
+            m1 = int(np.count_nonzero(killing_faces(fp, fg, face_class, face_u, workspace) == 3))
     return int(m0), int(m1), int(m2)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import cc3d
 import numpy as np
 
-from .betti_matching import matched_counts
+from .betti_matching import Workspace, matched_counts
 
 DIM_WEIGHTS = (0.34, 0.33, 0.33)
 
@@ -92,10 +92,11 @@ def octant_slices(shape: tuple[int, ...]):
 
 def topo_counts(gt: np.ndarray, pred: np.ndarray) -> TopoCounts:
     totals = np.zeros((3, 3), dtype=np.int64)
+    workspace = Workspace()
     for sl in octant_slices(gt.shape):
         g = finite_feature_counts(gt[sl])
         p = finite_feature_counts(pred[sl])
-        m = matched_counts(pred[sl], gt[sl], (p, g))
+        m = matched_counts(pred[sl], gt[sl], (p, g), workspace)
         for k in range(3):
             totals[k] += (m[k], p[k], g[k])
     return TopoCounts(tuple(tuple(int(v) for v in row) for row in totals))
