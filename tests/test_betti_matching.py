@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from reference_betti_matching import reference_matched
+from scrollseg.metrics import betti_matching
 from scrollseg.metrics.betti_matching import matched_counts
 from scrollseg.metrics.topology import finite_feature_counts, octant_slices, topo_counts
 
@@ -31,6 +32,40 @@ def test_kernels_equal_literal_reduction(seed):
         assert got == expected, f"shape {shape}"
         totals += expected
     assert totals[0] > 0 and totals[1] > 0, "the cases exercise matching in dimensions 0 and 1"
+
+
+@pytest.mark.parametrize("every", [1, 3])
+def test_shortcut_copies_leave_the_literal_result(every, monkeypatch):
+    """Shortcut copies taken every step or three (by default only long walks make them)."""
+    monkeypatch.setattr(betti_matching, "SHORTCUT_EVERY", every)
+    rng = np.random.default_rng(20 + every)
+    for _ in range(20):
+        shape = tuple(int(n) for n in rng.integers(3, 12, size=3))
+        pred, gt = random_pair(rng, shape, rng.uniform(0.35, 0.75))
+        expected = reference_matched(pred, gt)
+        assert matched_counts(pred, gt, (finite_feature_counts(pred), finite_feature_counts(gt))) == expected
+
+
+def porous_sheets(rng, size, spacing, hole_fraction):
+    sheets = np.zeros((size,) * 3, bool)
+    sheets[::spacing] = True
+    sheets[:, :, ::11] |= rng.random(sheets[:, :, ::11].shape) < 0.2  # bridges between sheets
+    return sheets & (rng.random(sheets.shape) > hole_fraction)
+
+
+def test_shortcuts_change_no_killing_face_on_porous_sheets():
+    rng = np.random.default_rng(4)
+    gt = porous_sheets(rng, 40, 4, 0.15)
+    pred = np.roll(gt, 1, axis=1) & (rng.random(gt.shape) > 0.1)
+    fp, fg = pred.astype(np.uint8), gt.astype(np.uint8)
+    face_u = betti_matching._face_values(fp | fg)
+    _, creators = betti_matching.matched_dim2_and_creators(fp, fg, face_u, False)
+    face_class = face_u.copy()
+    face_class[creators.astype(bool)] = 2
+    without = betti_matching.killing_faces(fp, fg, face_class, face_u, shortcut_every=0)
+    assert np.count_nonzero(without == 3) > 100
+    for every in (1, 16):
+        assert np.array_equal(betti_matching.killing_faces(fp, fg, face_class, face_u, shortcut_every=every), without)
 
 
 def test_cavities_are_matched_like_the_literal_reduction():

@@ -301,9 +301,8 @@ def _earlier(face_u, f, d, d_fg):
     return (not d_fg) and f < d
 
 
-# A long walk leaves a copy of its working column every SHORTCUT_EVERY steps (after the
-# first SHORTCUT_AFTER) under the pivot it has then; see _reduce_taken.
-SHORTCUT_AFTER = 128
+# A long walk leaves a copy of its working column every SHORTCUT_EVERY steps, filed
+# under the pivot it has then; see _reduce_taken. (Measured: 32 to 256 run alike.)
 SHORTCUT_EVERY = 128
 
 
@@ -324,7 +323,7 @@ def _snapshot(bits, heap, h, cuts, at):
 
 
 @njit(cache=True)
-def _reduce_taken(inside, bit, pivots, pool, used, cuts, cuts_used, first, n, bits, heap, other, sx, sy, face_u, d, d_fg):
+def _reduce_taken(inside, bit, pivots, pool, used, cuts, cuts_used, every, first, n, bits, heap, other, sx, sy, face_u, d, d_fg):
     """Reduce face d's column, whose pivot is taken; store it unless it becomes zero.
 
     The working column is a bit per edge plus a max-heap of its entries (stale
@@ -336,15 +335,15 @@ def _reduce_taken(inside, bit, pivots, pool, used, cuts, cuts_used, first, n, bi
     volume.
 
     Shortcuts: the costly columns are those that must be swept across much of the
-    volume (a loop between two sheets pushed back slice by slice until it vanishes),
-    and neighbouring columns are swept along the same way. So a long walk leaves
-    copies of its working column in ``cuts``, filed under their pivot; each is the
-    walked column plus earlier columns, so once that column is done it lies in the
-    span of the processed columns and may be added to any later one. A later walk
-    that reaches a filed pivot adds the copy when it cancels more than half of its
-    entries, which jumps over the rest of the sweep. Returns (used, cuts_used,
-    zero), used = -1 when ``heap`` or ``pool`` is too small (the caller then starts
-    over with larger ones).
+    volume (an arc between two sheets pushed back slice by slice until it
+    vanishes), and neighbouring columns are swept along the same way. So a long
+    walk leaves copies of its working column in ``cuts`` (every ``every`` steps; 0:
+    never), filed under their pivot. Each copy is the walked column plus earlier
+    columns, so once that column is done it lies in the span of the processed
+    columns and may be added to any later one. A later walk that reaches a filed
+    pivot adds the copy when it cancels more than half of its entries, which jumps
+    over the rest of the sweep. Returns (used, cuts_used, zero), used = -1 when
+    ``heap`` or ``pool`` is too small (the caller then starts over with larger ones).
     """
     h = 0
     for j in range(n):
@@ -375,7 +374,7 @@ def _reduce_taken(inside, bit, pivots, pool, used, cuts, cuts_used, first, n, bi
                     return -1, cuts_used, False
                 h = _add_entries(cuts, cut + 1, cut + 1 + length, bits, heap, h)
                 continue
-        elif steps >= SHORTCUT_AFTER and steps % SHORTCUT_EVERY == 0 and cuts_used + h + 1 <= cuts.shape[0]:
+        elif every > 0 and steps % every == 0 and cuts_used + h + 1 <= cuts.shape[0]:
             pivots[piv, 1] = cuts_used
             cuts_used = _snapshot(bits, heap, h, cuts, cuts_used)
         w = piv // 3
@@ -446,7 +445,7 @@ def _clear(bits, heap, h):
 
 
 @njit(cache=True)
-def _killing_faces(inside, face_class, face_u, sx, sy, kills, pivots, bits, pool, heap, cuts):
+def _killing_faces(inside, face_class, face_u, sx, sy, kills, pivots, bits, pool, heap, cuts, every):
     """Mark the faces at which a cycle of the prediction (bit 1) or label (bit 2) dies.
 
     Columns are the faces in the comparison order: those of ``face_class`` 0
@@ -482,7 +481,7 @@ def _killing_faces(inside, face_class, face_u, sx, sy, kills, pivots, bits, pool
                         pivots[k, pivot, 0] = fid
                     else:
                         used, cuts_used, zero = _reduce_taken(
-                            inside, bit, pivots[k], pool, used, cuts, cuts_used,
+                            inside, bit, pivots[k], pool, used, cuts, cuts_used, every,
                             first, n, bits, heap, other, sx, sy, face_u, fid, phase == 0)
                         if used < 0:
                             return False
@@ -513,11 +512,16 @@ class Workspace:
 
 
 def killing_faces(fp: np.ndarray, fg: np.ndarray, face_class: np.ndarray, face_u: np.ndarray,
-                  workspace: Workspace | None = None) -> np.ndarray:
-    """Per face: bit 1 when it kills a prediction cycle, bit 2 when it kills a label cycle."""
+                  workspace: Workspace | None = None, shortcut_every: int | None = None) -> np.ndarray:
+    """Per face: bit 1 when it kills a prediction cycle, bit 2 when it kills a label cycle.
+
+    ``shortcut_every``: steps between shortcut copies (default ``SHORTCUT_EVERY``; 0
+    turns them off, the result is the same).
+    """
     _, Y, Z = fp.shape
     ws = workspace or Workspace()
     nf = face_class.size
+    every = SHORTCUT_EVERY if shortcut_every is None else shortcut_every
     inside = _edges_inside(fp) | (_edges_inside(fg) << 1)
     bits = ws.array("bits", (nf,), np.uint8, fill=0)
     cuts = ws.array("cuts", (1 << 22,), np.int32)  # shortcut copies; when full, no more are made
@@ -526,7 +530,7 @@ def killing_faces(fp: np.ndarray, fg: np.ndarray, face_class: np.ndarray, face_u
         kills = np.zeros(nf, np.uint8)
         pivots = ws.array("pivots", (2, nf, 2), np.int32, fill=-1)
         pool, heap = ws.array("pool", (pool_size,), np.int32), ws.array("heap", (heap_size,), np.int32)
-        if _killing_faces(inside, face_class, face_u, Y * Z, Z, kills, pivots, bits, pool, heap, cuts):
+        if _killing_faces(inside, face_class, face_u, Y * Z, Z, kills, pivots, bits, pool, heap, cuts, every):
             return kills
         if pool_size >= 2**31 // 2:
             raise MemoryError("Betti matching: the reduced columns outgrew a 2^31-entry pool")
