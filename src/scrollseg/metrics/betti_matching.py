@@ -128,7 +128,7 @@ def _elder(cube_value, a, b):
 
 
 @njit(cache=True)
-def _dual_pass(face_value, cube_value, cube_key_value, X, Y, Z, recorded, check0, check1, creators):
+def _dual_pass(face_value, cube_value, cube_key_value, X, Y, Z, recorded, check0, check1, face_class):
     """Union-find of 3-cells over the faces, from the top of the filtration.
 
     Faces are taken by decreasing (value, index); a 3-cell's age is its value in
@@ -136,7 +136,8 @@ def _dual_pass(face_value, cube_value, cube_key_value, X, Y, Z, recorded, check0
     rooted at their eldest cell in ``cube_key_value`` order. At each merge that ends
     a finite interval (a foreground face joining a background-born component), the
     younger root is recorded; with ``check0``/``check1`` given, returns how many ended
-    intervals both inputs recorded, and marks the merging faces in ``creators``.
+    intervals both inputs recorded, and sets the merging faces (2-cycle creators) to 2 in
+    ``face_class``.
     """
     n = X * Y * Z
     inf = n
@@ -170,7 +171,7 @@ def _dual_pass(face_value, cube_value, cube_key_value, X, Y, Z, recorded, check0
                         if a == b:
                             continue
                         if comparing:
-                            creators[fid] = 1
+                            face_class[fid] = 2
                         ea = eldest[a]
                         eb = eldest[b]
                         younger_a = eb if _elder(cv, ea, eb) else ea
@@ -191,14 +192,18 @@ def _dual_pass(face_value, cube_value, cube_key_value, X, Y, Z, recorded, check0
     return matched
 
 
-def matched_dim2_and_creators(fp, fg, face_u, need_dim2: bool):
-    """(matched 2-dim intervals, 2-cycle creators of the comparison filtration);
-    ``face_u`` holds the comparison image's face values."""
+def matched_dim2_and_face_class(fp, fg, face_u, need_dim2: bool):
+    """(matched 2-dim intervals, face classes of the comparison filtration).
+
+    ``face_u`` holds the comparison image's face values; the classes are those
+    values (0 foreground, 1 background, 2 no such face) with the 2-cycle creators
+    set to 2, as the dimension-1 reduction wants its columns.
+    """
     X, Y, Z = fp.shape
     fu = fp | fg
     n = fp.size
     empty = np.zeros(0, np.uint8)
-    creators = np.zeros(3 * n, np.uint8)
+    face_class = face_u.copy()
     cube_u = _cube_values(fu)
     if need_dim2:
         rec_p = np.zeros(n + 1, np.uint8)
@@ -207,8 +212,8 @@ def matched_dim2_and_creators(fp, fg, face_u, need_dim2: bool):
         _dual_pass(_face_values(fg), _cube_values(fg), cube_u, X, Y, Z, rec_g, empty, empty, empty)
     else:
         rec_p = rec_g = np.zeros(n + 1, np.uint8)
-    matched = _dual_pass(face_u, cube_u, cube_u, X, Y, Z, empty, rec_p, rec_g, creators)
-    return matched, creators
+    matched = _dual_pass(face_u, cube_u, cube_u, X, Y, Z, empty, rec_p, rec_g, face_class)
+    return matched, face_class
 
 
 @njit(cache=True)
@@ -555,9 +560,7 @@ def matched_counts(pred: np.ndarray, gt: np.ndarray, finite, workspace: Workspac
     m1 = m2 = 0
     if need[1] or need[2]:
         face_u = _face_values(fp | fg)
-        m2, creators = matched_dim2_and_creators(fp, fg, face_u, need[2])
+        m2, face_class = matched_dim2_and_face_class(fp, fg, face_u, need[2])
         if need[1]:
-            face_class = face_u.copy()
-            face_class[creators.astype(bool)] = 2
             m1 = int(np.count_nonzero(killing_faces(fp, fg, face_class, face_u, workspace) == 3))
     return int(m0), int(m1), int(m2)
