@@ -20,7 +20,9 @@ what the binary case allows to skip:
   d is not a 2-cycle creator (dual union-find) but its boundary vanishes modulo
   the prediction's edges and earlier faces. That is one sparse GF(2) column
   reduction per input instead of the three of a general implementation, over the
-  faces that can die (creators are cleared first).
+  faces that can die (creators are cleared first). Long reductions leave copies of
+  their working column that later ones, swept along the same path, add to skip
+  ahead (see ``_reduce_taken``).
 
 No library computes induced matchings of cubical image persistence, and the
 reference needs a C++ build; these kernels are written for numba so that
