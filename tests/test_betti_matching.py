@@ -59,7 +59,7 @@ def test_shortcuts_change_no_killing_face_on_porous_sheets():
     pred = np.roll(gt, 1, axis=1) & (rng.random(gt.shape) > 0.1)
     fp, fg = pred.astype(np.uint8), gt.astype(np.uint8)
     face_u = betti_matching._face_values(fp | fg)
-    _, face_class = betti_matching.matched_dim2_and_face_class(fp, fg, face_u, False)
+    _, face_class = betti_matching.matched_dim2_and_face_class(fp, fg, fp | fg, face_u, False)
     without = betti_matching.killing_faces(fp, fg, face_class, face_u, shortcut_every=0)
     assert np.count_nonzero(without == 3) > 100
     for every in (1, 16):

@@ -194,15 +194,14 @@ def _dual_pass(face_value, cube_value, cube_key_value, X, Y, Z, recorded, check0
     return matched
 
 
-def matched_dim2_and_face_class(fp, fg, face_u, need_dim2: bool):
+def matched_dim2_and_face_class(fp, fg, fu, face_u, need_dim2: bool):
     """(matched 2-dim intervals, face classes of the comparison filtration).
 
-    ``face_u`` holds the comparison image's face values; the classes are those
-    values (0 foreground, 1 background, 2 no such face) with the 2-cycle creators
-    set to 2, as the dimension-1 reduction wants its columns.
+    ``fu`` is the comparison image (``fp | fg``) and ``face_u`` its face values; the
+    classes are those values (0 foreground, 1 background, 2 no such face) with the
+    2-cycle creators set to 2, as the dimension-1 reduction wants its columns.
     """
     X, Y, Z = fp.shape
-    fu = fp | fg
     n = fp.size
     empty = np.zeros(0, np.uint8)
     face_class = face_u.copy()
@@ -561,8 +560,9 @@ def matched_counts(pred: np.ndarray, gt: np.ndarray, finite, workspace: Workspac
     m0 = matched_dim0(fp.ravel(), fg.ravel(), X, Y, Z) if need[0] else 0
     m1 = m2 = 0
     if need[1] or need[2]:
-        face_u = _face_values(fp | fg)
-        m2, face_class = matched_dim2_and_face_class(fp, fg, face_u, need[2])
+        fu = fp | fg
+        face_u = _face_values(fu)
+        m2, face_class = matched_dim2_and_face_class(fp, fg, fu, face_u, need[2])
         if need[1]:
             m1 = int(np.count_nonzero(killing_faces(fp, fg, face_class, face_u, workspace) == 3))
     return int(m0), int(m1), int(m2)
