@@ -4,8 +4,9 @@
              batched augmentation on the training device) against a naive loader that
              decodes the LZW TIFFs for every sample and augments each sample with numpy,
              both with the same number of DataLoader workers.
-2. train     samples/s of the training step as scrollseg configures it for this device
-             against the plain step (fp32, batch 2, eager, contiguous), same model and patch.
+2. train     samples/s of scrollseg's training step (engine.step, the preset's precision,
+             compile and memory format) against the plain AMP step (autocast + GradScaler,
+             eager; fp32 on the CPU), same model, batch and patch.
 3. inference voxels/s and peak memory of scrollseg's sliding window against MONAI's
              ``sliding_window_inference`` with the same model, tile, overlap and Gaussian
              blending; each side runs in a fresh process so peak RSS is its own.
@@ -36,10 +37,11 @@ from scrollseg.data.layout import list_volumes
 from scrollseg.data.loader import make_loader
 from scrollseg.data.sampler import PatchSampler
 from scrollseg.data.synth import synth_chunk, write_dataset
-from scrollseg.engine.precision import resolve_precision
 from scrollseg.engine.speed import resolve_speed, speed_up, to_memory_format
+from scrollseg.engine.step import optimizer_step
 from scrollseg.losses import segmentation_loss
 from scrollseg.models import build_model
+from scrollseg.precision import resolve_precision
 
 TILE = (64, 64, 64)
 OVERLAP = 0.5
@@ -130,21 +132,7 @@ def bench_loader(data: Path, workers: int, batches: int = 20) -> dict:
 
 
 # ---------------------------------------------------------------- 2. training step
-def _step_rate(model, batch: int, patch, precision, speed, device, steps: int) -> float:
-    net = speed_up(model, speed, device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **({"fused": True} if device.type == "cuda" else {}))
-    x = to_memory_format(torch.randn(batch, 1, *patch, device=device), speed)
-    y = torch.randint(0, 3, (batch, 1, *patch), dtype=torch.uint8, device=device)
-    scaler = torch.amp.GradScaler("cuda", enabled=precision.needs_scaler)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        with precision.autocast():
-            loss = segmentation_loss(net(x), y)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-
+def _timed(step, steps: int, device: torch.device) -> float:
     for _ in range(3):  # warm-up (and compilation)
         step()
     if device.type == "cuda":
@@ -154,7 +142,37 @@ def _step_rate(model, batch: int, patch, precision, speed, device, steps: int) -
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return steps * batch / (time.perf_counter() - t0)
+    return time.perf_counter() - t0
+
+
+def _plain_amp_step_rate(model, batch: int, patch, device, steps: int) -> float:
+    """The step any PyTorch user writes: autocast + GradScaler (fp32 on the CPU), eager, contiguous."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randn(batch, 1, *patch, device=device)
+    y = torch.randint(0, 3, (batch, 1, *patch), dtype=torch.uint8, device=device)
+    amp = device.type == "cuda"
+    dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and dtype == torch.float16)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=dtype, enabled=amp):
+            loss = segmentation_loss(model(x), y)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+
+    return steps * batch / _timed(step, steps, device)
+
+
+def _scrollseg_step_rate(model, batch: int, patch, precision, speed, device, steps: int) -> float:
+    """scrollseg's own step (engine.step.optimizer_step) with the preset's speed options."""
+    net = speed_up(model, speed)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **({"fused": True} if device.type == "cuda" else {}))
+    x = to_memory_format(torch.randn(batch, 1, *patch, device=device), speed)
+    y = torch.randint(0, 3, (batch, 1, *patch), dtype=torch.uint8, device=device)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision.needs_scaler)
+    return steps * batch / _timed(lambda: optimizer_step(net, opt, scaler, precision, segmentation_loss, [(x, y)], 1, 1e-4, 12.0), steps, device)
 
 
 def bench_train_step(preset: str, steps: int) -> dict:
@@ -162,13 +180,14 @@ def bench_train_step(preset: str, steps: int) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     model = build_model(cfg.model).to(device)
-    plain = _step_rate(model, 2, cfg.data.patch_size, resolve_precision("fp32", device), resolve_speed(build_config(preset, ["train.compile=off", "train.channels_last=off"]).train, device), device, steps)
+    batch = cfg.data.batch_size
+    plain = _plain_amp_step_rate(model, batch, cfg.data.patch_size, device, steps)
     speed = resolve_speed(cfg.train, device)
     precision = resolve_precision(cfg.train.precision, device)
-    tuned = _step_rate(model, cfg.data.batch_size, cfg.data.patch_size, precision, speed, device, steps)
+    tuned = _scrollseg_step_rate(model, batch, cfg.data.patch_size, precision, speed, device, steps)
     return {"train_preset": preset, "train_plain_samples_per_s": plain, "train_tuned_samples_per_s": tuned,
             "train_step_speedup": tuned / plain,
-            "train_tuned_options": {"precision": precision.name, "batch": cfg.data.batch_size, "compile": speed.compile, "channels_last": speed.channels_last}}
+            "train_tuned_options": {"precision": precision.name, "batch": batch, "compile": speed.compile, "channels_last": speed.channels_last}}
 
 
 # ---------------------------------------------------------------- 3. inference
@@ -374,7 +393,7 @@ def format_report(r: dict) -> str:
     return "\n".join([
         f"{'stage':<10} {'scrollseg':>16} {'baseline':>16} {'ratio':>7}  baseline",
         f"{'loader':<10} {r['loader_patches_per_s']:>10.1f} p/s  {r['naive_loader_patches_per_s']:>10.2f} p/s {r['loader_speedup']:>6.1f}x  decode LZW + numpy augment per sample, same workers",
-        f"{'train':<10} {r['train_tuned_samples_per_s']:>10.2f} s/s  {r['train_plain_samples_per_s']:>10.2f} s/s {r['train_step_speedup']:>6.2f}x  fp32, batch 2, eager ({r['train_preset']} preset)",
+        f"{'train':<10} {r['train_tuned_samples_per_s']:>10.2f} s/s  {r['train_plain_samples_per_s']:>10.2f} s/s {r['train_step_speedup']:>6.2f}x  plain AMP step, eager ({r['train_preset']} preset)",
         f"{'inference':<10} {r['inference_voxels_per_s'] / 1e6:>8.2f} Mvox/s  {r['monai_voxels_per_s'] / 1e6:>8.2f} Mvox/s {r['inference_speedup']:>6.2f}x  MONAI sliding_window_inference (max |diff| {r['inference_max_abs_difference']:.1e})",
         f"{'memory':<10} {r['inference_peak_mib']:>10.0f} MiB  {r['monai_peak_mib']:>10.0f} MiB {r['inference_peak_memory_ratio']:>6.2f}x  peak with the model, ours / MONAI's",
         f"{'blending':<10} {r['blend_peak_mib_320']:>10.0f} MiB  {r['monai_blend_peak_mib_320']:>10.0f} MiB {r['inference_blend_peak_memory_ratio']:>6.2f}x  peak of blending alone, 320^3, ours / MONAI's",

@@ -51,9 +51,9 @@ SUBMIT_CELLS = [
     "No internet is needed.",
     INSTALL,
     PATHS,
-    '''from scrollseg.inference.predict import predict_to_submission
+    '''import scrollseg
 CHECKPOINT = Path(os.environ.get("SCROLLSEG_CHECKPOINT", "/kaggle/input/scrollseg-run/run"))
-submission = predict_to_submission(CHECKPOINT, INPUT / "test_images", WORK / "submission.zip", INPUT / "test.csv", devices=DEVICES)
+submission = scrollseg.predict(CHECKPOINT, INPUT / "test_images", WORK / "submission.zip", INPUT / "test.csv", devices=DEVICES)
 print(submission, submission.stat().st_size, "bytes")''',
     '''# Local score, where test labels exist (they do not on Kaggle's hidden test set).
 if (INPUT / "test_labels").is_dir():

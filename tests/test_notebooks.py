@@ -1,6 +1,8 @@
 """Both Kaggle notebooks, executed in a real Jupyter kernel on synthetic data, with a
 2-worker DDP training started from inside the kernel."""
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -46,4 +48,10 @@ def test_train_then_submit_notebooks(small_dataset, tmp_path, monkeypatch):
     monkeypatch.setenv("SCROLLSEG_CHECKPOINT", str(work / "run"))
     nb = execute("kaggle_submit.ipynb", tmp_path)
     assert (work / "submission.zip").is_file()
-    assert "mean" in outputs(nb)
+    # the notebook's printed mean equals `scrollseg score` of the same zip, run separately
+    printed = [line.split() for line in outputs(nb).splitlines() if line.split()[:1] == ["mean"]]
+    assert len(printed) == 1, outputs(nb)
+    scored = subprocess.run([sys.executable, "-m", "scrollseg", "score", str(small_dataset / "test_labels"), str(work / "submission.zip")],
+                            capture_output=True, text=True, check=True).stdout
+    mean_line = [line.split() for line in scored.splitlines() if line.split()[:1] == ["mean"]][0]
+    assert float(printed[0][1]) == float(mean_line[1]) and 0.0 < float(mean_line[1]) <= 1.0

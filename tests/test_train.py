@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from scrollseg.checkpoint import RunDir, load_checkpoint
-from scrollseg.cli import build_train_config
+from scrollseg.api import resolve_train_config
 from scrollseg.config import build_config
 from scrollseg.engine.schedule import learning_rate
 from scrollseg.engine.trainer import train
@@ -83,10 +83,10 @@ def test_same_seed_same_weights_and_exact_resume(small_dataset, tmp_path):
 def test_resume_refuses_a_changed_config(small_dataset, tmp_path):
     run = tmp_path / "run"
     train(small_dataset, run, build_config("tiny", tiny_overrides(**{"train.steps": 2})), progress=False)
-    assert build_train_config(run, None, ["train.steps=4"]).train.steps == 4  # budgets may change
+    assert resolve_train_config(run, None, ["train.steps=4"]).train.steps == 4  # budgets may change
     with pytest.raises(ConfigError, match="optim.lr"):
-        build_train_config(run, None, ["optim.lr=0.5"])
-    assert build_train_config(run, None, ["optim.lr=0.5"], ["optim.lr"]).optim.lr == 0.5
+        resolve_train_config(run, None, ["optim.lr=0.5"])
+    assert resolve_train_config(run, None, ["optim.lr=0.5"], ("optim.lr",)).optim.lr == 0.5
 
 
 def test_damaged_newest_checkpoint_falls_back(small_dataset, tmp_path):

@@ -1,10 +1,17 @@
-"""scrollseg: 3D papyrus-surface segmentation for the Vesuvius Challenge Surface Detection task."""
+"""scrollseg: 3D papyrus-surface segmentation for the Vesuvius Challenge Surface Detection task.
+
+The public API (``scrollseg.train``, ``scrollseg.predict``, ``scrollseg.score``) lives in
+``scrollseg.api``; it is imported on first use so that ``import scrollseg`` stays light.
+"""
 
 __version__ = "0.1.0"
 
+__all__ = ["train", "predict", "score"]
 
-def train(config, data, run, devices="auto", strategy="ddp", overrides=None, progress=True, allow_change=()):
-    """Train from Python or a notebook; see :func:`scrollseg.launch.train`."""
-    from .launch import train as _train
 
-    return _train(config, data, run, devices, strategy, overrides, progress, allow_change)
+def __getattr__(name: str):
+    if name in __all__:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'scrollseg' has no attribute {name!r}")

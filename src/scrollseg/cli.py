@@ -14,22 +14,6 @@ def _warning_line(message, category, filename, lineno, line=None) -> str:
     return f"warning: {message}\n"
 
 
-def build_train_config(run: Path, preset: str | None, overrides: list[str], allow_change: list[str] = ()):
-    """The run's saved config when it exists, else the preset; overrides on top. Changes to a
-    saved run are refused unless they only touch keys that may differ between sessions."""
-    from .checkpoint import RunDir
-    from .config import build_config, check_resumable, from_dict, merge, parse_overrides, read_yaml
-
-    saved_path = RunDir(run).config_path
-    if not saved_path.is_file():
-        return build_config(preset or "default", overrides)
-    saved = from_dict(read_yaml(saved_path))
-    wanted = build_config(preset, overrides) if preset else from_dict(merge(saved.to_dict(), parse_overrides(overrides)))
-    if RunDir(run).resume_candidates():  # a run with nothing saved may start over with another config
-        check_resumable(saved, wanted, allow_change, saved_path)
-    return wanted
-
-
 def cmd_synth(args) -> None:
     from .data.synth import write_dataset
 
@@ -38,33 +22,34 @@ def cmd_synth(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from .launch import train
+    from .api import train
 
     # the flags are shorthands for train.* overrides
     flags = ("steps", "minutes", "seed", "checkpoint_minutes", "checkpoint_steps", "time_limit")
     overrides = list(args.overrides) + [f"train.{f}={getattr(args, f)}" for f in flags if getattr(args, f) is not None]
-    cfg = build_train_config(Path(args.run), args.preset, overrides, args.allow_change)
-    result = train(cfg, args.data, args.run, devices=args.devices, strategy=args.strategy, allow_change=args.allow_change)
+    result = train(args.preset, args.data, args.run, devices=args.devices, strategy=args.strategy, overrides=overrides,
+                   allow_change=tuple(args.allow_change))
     if result is not None and result.stop_reason not in ("steps", "minutes"):
         sys.exit(3)  # interrupted: the run is resumable, but not finished
 
 
 def cmd_predict(args) -> None:
-    from .inference.predict import predict_to_submission
+    from .api import predict
 
     overrides = {}
     if args.tta is not None:
         overrides["tta"] = args.tta
     if args.threshold is not None:
         overrides["threshold"] = args.threshold
-    out = predict_to_submission(args.checkpoint, args.images, args.out, args.csv, args.device, overrides, devices=args.devices)
+    out = predict(args.checkpoint, args.images, args.out, args.csv, args.device, overrides, devices=args.devices)
     print(f"wrote {out}")
 
 
 def cmd_score(args) -> None:
-    from .metrics.evaluate import format_table, score_predictions, write_reports
+    from .api import score
+    from .metrics.evaluate import format_table, write_reports
 
-    result = score_predictions(args.labels, args.pred, args.workers)
+    result = score(args.labels, args.pred, args.workers)
     print(format_table(result))
     write_reports(result, args.json, args.csv)
 

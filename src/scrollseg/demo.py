@@ -9,15 +9,14 @@ from pathlib import Path
 
 import torch
 
+from .api import predict, train
 from .config import build_config
 from .data.io import read_volume, write_volume
 from .data.layout import list_volumes
 from .data.synth import write_dataset
 from .engine.log import say
-from .engine.trainer import train
 from .inference.baseline import threshold_predict, tune_threshold
-from .inference.postprocess import binarise
-from .inference.predict import predict_to_submission, probability_map
+from .inference.predict import probability_map, to_mask
 from .metrics.evaluate import format_table, score_predictions
 from .models import build_model
 
@@ -49,20 +48,15 @@ def run_demo(out: Path, minutes: float = 10.0, steps: int | None = None, n_train
     untrained = _score_folder(
         data,
         out / "untrained_pred",
-        lambda img: binarise(
-            probability_map(untrained_model, img, cfg.inference, cfg.tile_size(), torch.device("cpu")),
-            cfg.inference.threshold,
-            cfg.inference.hysteresis_low,
-            cfg.inference.min_component,
-        ),
+        lambda img: to_mask(probability_map(untrained_model, img, cfg.inference, cfg.tile_size(), torch.device("cpu")), cfg.inference),
     )
 
     say(f"[4/5] training the tiny preset (at most {cfg.train.steps} steps or {minutes:g} minutes)")
     run = out / "run"
-    result = train(data, run, cfg)
+    result = train(cfg, data, run, devices=1)
 
     say("[5/5] predicting the test split and scoring it")
-    submission = predict_to_submission(run, data / "test_images", out / "submission.zip", data / "test.csv", progress=False)
+    submission = predict(run, data / "test_images", out / "submission.zip", data / "test.csv", progress=False)
     scores = score_predictions(data / "test_labels", submission)
     print(format_table(scores))
     summary = {

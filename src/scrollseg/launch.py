@@ -1,15 +1,12 @@
-"""How many processes work, and how they start; one code path for every setup.
+"""Run a given function in N fresh processes that form one torch.distributed group.
 
-- One device or the CPU: in this process.
-- torchrun (``torchrun --nproc_per_node N -m scrollseg train ...``, also multi-node):
-  the trainer recognises torchrun's environment and joins its process group.
-- ``scrollseg train --devices N`` from a terminal, or ``scrollseg.train(..., devices=N)``
-  from a notebook: N workers are started here with fork (spawn where the platform has
-  no fork) and meet on a free localhost port. Fork is what makes this work inside a
-  notebook, where spawn would have to re-import the notebook's ``__main__``; it
-  requires that this process has not initialised CUDA yet.
-- DataParallel (``strategy="dp"``): one process over all visible GPUs, kept as an
-  explicit fallback.
+This module starts processes and knows nothing of what they do: ``scrollseg.api``
+hands it the training or prediction function. Workers are started with fork (spawn
+where the platform has no fork) and meet on a free localhost port. Fork is what makes
+this work inside a notebook, where spawn would have to re-import the notebook's
+``__main__``; it requires that this process has not initialised CUDA yet.
+torchrun (also multi-node) starts its own processes, which the trainer recognises
+from their environment.
 """
 from __future__ import annotations
 
@@ -19,12 +16,10 @@ import signal
 import socket
 import sys
 import traceback
-from pathlib import Path
 from typing import Callable
 
 import torch
 
-from .config import Config, build_config, from_dict, merge, parse_overrides
 from .errors import ScrollsegError
 
 
@@ -119,29 +114,3 @@ def run_processes(fn: Callable, args: tuple, nprocs: int):
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def _as_config(config: Config | str | dict | Path, overrides: list[str] | None) -> Config:
-    if isinstance(config, (str, Path)):
-        return build_config(str(config), overrides)
-    base = config.to_dict() if isinstance(config, Config) else config
-    return from_dict(merge(base, parse_overrides(overrides or [])))
-
-
-def train(config: Config | str | dict, data: str | Path, run: str | Path, devices: int | str = "auto", strategy: str = "ddp",
-          overrides: list[str] | None = None, progress: bool = True, allow_change: tuple[str, ...] = ()):
-    """Train from Python or a notebook: ``scrollseg.train("tiny", "data", "runs/a", devices="auto")``.
-
-    ``config`` is a Config, a preset name or .yaml path, or a dict; ``devices`` the number
-    of processes (``"auto"``: every GPU). Returns rank 0's TrainResult.
-    """
-    from .engine.trainer import train as train_loop
-
-    cfg = _as_config(config, overrides)
-    if strategy not in ("ddp", "dp"):
-        raise ScrollsegError(f"strategy {strategy!r}: use 'ddp' or 'dp' (DataParallel)")
-    args = (data, run, cfg, progress, strategy, tuple(allow_change))
-    if "WORLD_SIZE" in os.environ or strategy == "dp":
-        return train_loop(*args)  # torchrun started us, or one DataParallel process
-    n = resolve_devices(devices)
-    return train_loop(*args) if n == 1 else run_processes(train_loop, args, n)

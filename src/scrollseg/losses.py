@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE_LABEL = 2
+from .constants import IGNORE_LABEL
 
 
 def masked_bce_dice(logits: torch.Tensor, label: torch.Tensor, bce_weight: float = 1.0, dice_weight: float = 1.0, smooth: float = 1e-5) -> torch.Tensor:

@@ -88,3 +88,27 @@ def write_volume(path: str | os.PathLike, arr: np.ndarray) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def read_ahead(items: list, path_of, max_voxels: int = DEFAULT_MAX_VOXELS, depth: int = 2):
+    """Yield ``(item, volume)`` in order, decoding the next ``depth`` volumes in a thread
+    while the caller works on the current one. A read error is raised in the caller."""
+    import threading
+    from queue import Queue
+
+    queue: Queue = Queue(maxsize=depth)
+
+    def work() -> None:
+        for item in items:
+            try:
+                queue.put((item, read_volume(path_of(item), max_voxels), None))
+            except Exception as exc:  # handed to the consumer, which raises it
+                queue.put((item, None, exc))
+                return
+
+    threading.Thread(target=work, daemon=True).start()
+    for _ in items:
+        item, volume, error = queue.get()
+        if error is not None:
+            raise error
+        yield item, volume

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..constants import IGNORE_LABEL
 from .cache import CachedVolume
-
-IGNORE_LABEL = 2
 
 
 def crop_padded(arr: np.ndarray, start: np.ndarray, size: tuple[int, ...], fill: int) -> np.ndarray:

@@ -1,20 +1,19 @@
-"""The training loop, readable top to bottom.
+"""The training loop: a small ``Trainer`` over a ``TrainState``.
 
 One code path for the CPU, one GPU and DDP ranks (the launcher decides how many
-processes exist; this loop asks ``dist`` who it is). Each optimizer step takes
+processes exist; the trainer asks ``dist`` who it is). Each optimizer step takes
 ``accumulation`` micro-batches; patches and augmentations are a pure function of
 (seed, step, slot = micro x world + rank) and the LR a pure function of the step, so
 a resumed run continues exactly and N ranks train what one process with N-fold
-accumulation trains.
-Only rank 0 logs, validates and writes checkpoints.
+accumulation trains. Only rank 0 logs, validates and writes checkpoints.
+The config reaching here has been checked against the run's by ``scrollseg.api``.
 """
 from __future__ import annotations
 
-import contextlib
 import random
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .. import __version__, dist
 from ..checkpoint import RunDir
-from ..config import Config, check_resumable, dump_yaml, from_dict, read_yaml
+from ..config import Config, dump_yaml
 from ..data.augment import augment_batch
 from ..data.cache import VolumeCache
 from ..data.layout import VolumeRef, list_volumes
@@ -32,22 +31,34 @@ from ..data.sampler import PatchSampler
 from ..errors import DataError, ScrollsegError
 from ..losses import segmentation_loss
 from ..models import build_model
+from ..precision import resolve_precision
 from .deadline import Clock, StopSignals
-from .monitor import GpuMonitor
 from .log import MetricsLog, say
-from .precision import resolve_precision
+from .monitor import GpuMonitor
 from .schedule import learning_rate
-from .validation import BackgroundScorer, predict_masks, score_pairs
 from .speed import resolve_speed, speed_up, to_memory_format
+from .step import optimizer_step
+from .validation import BackgroundScorer, score_pairs, validation_masks
 
 
 @dataclass
 class TrainResult:
     run_dir: Path
     step: int
-    finished: bool  # reached train.steps
+    finished: bool  # reached the planned number of steps
     stop_reason: str
     best_score: float | None
+
+
+@dataclass
+class TrainState:
+    """Everything besides the tensors that a checkpoint carries and a resume restores."""
+
+    step: int = 0
+    best_score: float | None = None
+    history: list = field(default_factory=list)
+    micro_batch: int = 1  # an out-of-memory fallback halves it and doubles accumulation
+    accumulation: int = 1
 
 
 def split_volumes(refs: list[VolumeRef], cfg: Config) -> tuple[list[VolumeRef], list[VolumeRef]]:
@@ -95,11 +106,6 @@ def own_rng_state() -> dict:
     }
 
 
-def gather_rng_states(info: dist.DistInfo) -> dict:
-    """Every rank's RNG states (python, numpy, torch, CUDA), keyed by rank."""
-    return {str(rank): state for rank, state in enumerate(dist.all_gather_object(own_rng_state(), info))}
-
-
 def restore_rng_state(state: dict | None) -> None:
     if not state:
         return
@@ -117,253 +123,294 @@ def background_scoring(cfg: Config, device: torch.device) -> bool:
     return cfg.train.val_scoring == "background" or (cfg.train.val_scoring == "auto" and device.type != "cpu")
 
 
-def train(data_dir: Path | str, run_dir: Path | str, cfg: Config, progress: bool = True, strategy: str = "ddp",
-          allow_change: tuple[str, ...] = ()) -> TrainResult:
-    """Train (or resume) the run in ``run_dir`` in this process, as one rank of torchrun's
-    group when its environment says so. ``strategy="dp"`` wraps the model in DataParallel
-    over every visible GPU instead."""
-    info = dist.from_environment()
-    device = dist.init(info)
-    main = info.is_main
-    run = RunDir(run_dir)
-    log = MetricsLog(run.metrics_path, enabled=main)
-    if cfg.train.threads > 0:
-        torch.set_num_threads(cfg.train.threads)
-    if cfg.train.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = not cfg.train.deterministic
+class LogWindow:
+    """Loss, time and data-wait since the last log line."""
 
-    if run.config_path.is_file() and run.resume_candidates():  # a run with nothing saved may start over
-        check_resumable(from_dict(read_yaml(run.config_path)), cfg, allow_change, run.config_path)
-    if main:
+    def __init__(self) -> None:
+        self.loss = self.grad_norm = self.wait = 0.0
+        self.steps = 0
+        self.start = time.perf_counter()
+
+    def add(self, loss: float, grad_norm: float) -> None:
+        self.loss += loss
+        self.grad_norm += grad_norm
+        self.steps += 1
+
+
+class Trainer:
+    """Train (or resume) the run in ``run_dir``, as one rank of a process group when the
+    environment says so. ``strategy="dp"`` wraps the model in DataParallel instead."""
+
+    def __init__(self, data_dir: Path | str, run_dir: Path | str, cfg: Config, progress: bool = True, strategy: str = "ddp"):
+        self.cfg, self.data_dir, self.progress = cfg, data_dir, progress
+        self.info = dist.from_environment()
+        self.device = dist.init(self.info)
+        self.main = self.info.is_main
+        self.run_dir = RunDir(run_dir)
+        self.log = MetricsLog(self.run_dir.metrics_path, enabled=self.main)
+        if cfg.train.threads > 0:
+            torch.set_num_threads(cfg.train.threads)
+        if cfg.train.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        self._write_config()
+        self.train_volumes, self.val_volumes = self._load_volumes()
+        seed_everything(cfg.train.seed)
+        self.model = build_model(cfg.model).to(self.device)
+        self.optimizer = make_optimizer(self.model, cfg, self.device)
+        self.precision = resolve_precision(cfg.train.precision, self.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision.needs_scaler)
+        self.state = TrainState(micro_batch=cfg.data.batch_size, accumulation=cfg.optim.accumulation)
+        self.speed = resolve_speed(cfg.train, self.device)
+        self.net = self._wrap(speed_up(self.model, self.speed), strategy)
+        self.scorer = BackgroundScorer() if self.main and background_scoring(cfg, self.device) else None
+        self.clock = Clock(cfg.train.minutes, cfg.train.time_limit, cfg.train.checkpoint_minutes)
+        self.stop_reason = ""
+
+    # ---- the loop
+    def run(self) -> TrainResult:
+        self.resume()
+        self._announce()
+        with StopSignals() as signals, GpuMonitor() as self.gpus:
+            self.batches = self._open_batches()
+            window, self.totals = LogWindow(), {"wait": 0.0, "time": 0.0}
+            while self.state.step < self.total_steps and not self.stop_reason:
+                lr = learning_rate(self.state.step, self.total_steps, self.cfg.optim)
+                result = self.step(lr, window)
+                if result is None:  # out of memory: retried with half the micro-batch
+                    continue
+                window.add(result.loss, result.grad_norm)
+                if self._due(self.cfg.train.log_every):
+                    window = self._log_progress(window, lr)
+                if self.val_volumes and self._due(self.cfg.train.val_every):
+                    self.validate()
+                self._collect_scores(wait=False)
+                self.stop_reason = self._stop_requested(signals)
+                if self.state.step >= self.total_steps or self.stop_reason or self._due(self.cfg.train.checkpoint_steps) or self.clock.checkpoint_due():
+                    self.checkpoint()
+        return self._finish()
+
+    @property
+    def total_steps(self) -> int:
+        return self.cfg.train.steps
+
+    def _due(self, every: int) -> bool:
+        return self.state.step % every == 0 or self.state.step == self.total_steps
+
+    # ---- one step
+    def step(self, lr: float, window: LogWindow):
+        """One optimizer step; None when it ran out of memory and the micro-batch was halved."""
         try:
-            run.root.mkdir(parents=True, exist_ok=True)
-            run.remove_temporary_files()  # left by a kill during a write
-            run.config_path.write_text(dump_yaml(cfg))
-        except OSError as exc:
-            raise ScrollsegError(f"{run.root}: cannot write the run folder ({exc.strerror}); choose a writable RUN path") from exc
+            result = optimizer_step(self.net, self.optimizer, self.scaler, self.precision, self._loss, self._micro_batches(window),
+                                    self.state.accumulation, lr, self.cfg.optim.grad_clip,
+                                    self.net.no_sync if self.info.enabled else None)
+        except torch.cuda.OutOfMemoryError:
+            self._halve_micro_batch()
+            return None
+        self.state.step += 1
+        return result
 
-    # ---- data
-    refs = list_volumes(data_dir, "train")
-    if not refs:
-        raise DataError(f"{data_dir}: the train set is empty (no id of train.csv has both image and label); check the folder")
-    train_refs, val_refs = split_volumes(refs, cfg)
-    cache = VolumeCache(cfg.data.cache_dir or run.root / "cache", cfg.data.max_voxels)
-    # rank 0 decodes the TIFFs; the others wait and then memory-map the same files
-    if main:
-        for ref in refs:
-            cache.load(ref)
-    dist.barrier(info)
-    train_volumes = [cache.load(r) for r in train_refs]
-    val_volumes = [cache.load(r) for r in val_refs][: cfg.train.val_volumes or None]
+    def _loss(self, outputs, label: torch.Tensor) -> torch.Tensor:
+        return segmentation_loss(outputs, label, self.cfg.loss.bce_weight, self.cfg.loss.dice_weight)
 
-    # ---- model and optimiser
-    seed_everything(cfg.train.seed)
-    model = build_model(cfg.model).to(device)
-    optimizer = make_optimizer(model, cfg, device)
-    precision = resolve_precision(cfg.train.precision, device)
-    scaler = torch.amp.GradScaler("cuda", enabled=precision.needs_scaler)
+    def _micro_batches(self, window: LogWindow):
+        """The step's augmented (image, label) micro-batches, timing the wait for data."""
+        step, info = self.state.step, self.info
+        for micro in range(self.state.accumulation):
+            t_wait = time.perf_counter()
+            got_step, got_micro, batch = next(self.batches)
+            window.wait += time.perf_counter() - t_wait
+            assert (got_step, got_micro) == (step, micro), "loader out of order"
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            slot = micro * info.world + info.rank  # as the sampler numbers micro-batches
+            gen = torch.Generator().manual_seed(int(np.random.SeedSequence([self.cfg.train.seed, step, slot]).generate_state(1)[0]))
+            x, y = augment_batch(batch["image"], batch["label"], batch["mean"], batch["std"], self.cfg.augment, gen)
+            yield to_memory_format(x, self.speed), y
 
-    # ---- resume
-    step, best_score, history = 0, None, []
-    micro_batch, accumulation = cfg.data.batch_size, cfg.optim.accumulation
-    ckpt = run.load_newest_valid()
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if ckpt.get("scaler") and precision.needs_scaler:
-            scaler.load_state_dict(ckpt["scaler"])
-        step = int(ckpt["step"])
-        best_score = ckpt.get("best_score")
-        history = list(ckpt.get("history", []))
-        # an out-of-memory fallback of an earlier session stays in force
-        micro_batch = int(ckpt.get("micro_batch", micro_batch))
-        accumulation = int(ckpt.get("accumulation", accumulation))
-        restore_rng_state(ckpt.get("rng", {}).get(str(info.rank)))
-        log.truncate_after(step)
-        say(f"resuming {run.root} at step {step}" + (f" (rank {info.rank})" if info.enabled else ""))
-    dist.barrier(info)
-    speed = resolve_speed(cfg.train, device)
-    fast = speed_up(model, speed, device)
-    if info.enabled:
-        net = DistributedDataParallel(fast, device_ids=[device.index] if device.type == "cuda" else None)
-    elif strategy == "dp" and torch.cuda.device_count() > 1:
-        net = torch.nn.DataParallel(fast)
-    else:
-        net = fast
+    def _open_batches(self):
+        sampler = PatchSampler(self.train_volumes, self.cfg.data.patch_size, self.state.micro_batch, self.cfg.data.foreground_fraction,
+                               self.cfg.train.seed, self.info.rank, self.info.world)
+        return iter(make_loader(sampler, self.state.step, self.total_steps, self.state.accumulation, self.cfg.data.num_workers,
+                                self.device.type == "cuda"))
 
-    if device.type == "cpu" and sum(p.numel() for p in model.parameters()) > 20_000_000:
-        warnings.warn("this model is sized for GPUs and will train very slowly on the CPU; use --preset tiny for a CPU run", stacklevel=2)
-    global_batch = micro_batch * info.world * accumulation
-    say(
-        f"train: {len(train_volumes)} volumes, validate: {len(val_volumes)} | device {device} x{info.world}, {precision.name} | "
-        f"global batch {global_batch} = {micro_batch} per device x {info.world} devices x {accumulation} accumulation",
-        main,
-    )
-    if step == 0:
-        log.write({"step": 0, "event": "start", "global_batch": global_batch, "world": info.world, "precision": precision.name})
+    def _halve_micro_batch(self) -> None:
+        """Keep the effective batch after an out-of-memory error: half the micro-batch, twice the accumulation."""
+        s = self.state
+        self.optimizer.zero_grad(set_to_none=True)
+        self.batches = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if self.info.enabled or s.micro_batch % 2:
+            raise ScrollsegError(
+                f"out of memory at step {s.step} with a micro-batch of {s.micro_batch}"
+                f"{' on ' + str(self.info.world) + ' processes' if self.info.enabled else ''}; resume with a smaller "
+                f"data.batch_size (and a larger optim.accumulation) or data.patch_size"
+            ) from None
+        s.micro_batch //= 2
+        s.accumulation *= 2
+        self.log.write({"step": s.step, "event": "out_of_memory", "micro_batch": s.micro_batch, "accumulation": s.accumulation})
+        say(f"out of memory at step {s.step}: micro-batch {s.micro_batch} x {s.accumulation} accumulation, same effective batch", self.main)
+        self.batches = self._open_batches()
 
-    def state(rng: dict) -> dict:
-        return {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict() if precision.needs_scaler else None,
-            "step": step,
-            "best_score": best_score,
-            "history": history,
-            "config": cfg.to_dict(),
-            "config_digest": cfg.digest(),
-            "version": __version__,
-            "global_batch": global_batch,
-            "micro_batch": micro_batch,
-            "accumulation": accumulation,
-            "rng": rng,
-        }
+    # ---- validation
+    def validate(self) -> None:
+        """Predict the held-out volumes; score them here or hand them to the scoring process."""
+        step = self.state.step
+        if self.main:
+            masks = validation_masks(self.model, self.val_volumes, self.cfg, self.device)
+            labels = [np.asarray(v.label) for v in self.val_volumes]
+            if self.scorer is None:
+                if self._record_validation(step, score_pairs(labels, masks)):
+                    self.run_dir.save_best(self._checkpoint_dict({"0": own_rng_state()} if not self.info.enabled else {}))
+            else:
+                self.run_dir.save_candidate(self._checkpoint_dict({"0": own_rng_state()} if not self.info.enabled else {}), step)
+                self.scorer.submit(step, labels, masks)
+        dist.barrier(self.info)
 
-    scorer = BackgroundScorer() if main and background_scoring(cfg, device) else None
-    if main:
-        run.drop_candidates()
-
-    def record_validation(at_step: int, scores: dict) -> bool:
+    def _record_validation(self, at_step: int, scores: dict) -> bool:
         """Log a validation; whether it is the best so far."""
-        nonlocal best_score
-        log.write({"step": at_step, **scores})
-        say(f"step {at_step:>6} validation leaderboard {scores['val/leaderboard']:.4f}", main)
-        if best_score is None or scores["val/leaderboard"] > best_score:
-            best_score = scores["val/leaderboard"]
+        self.log.write({"step": at_step, **scores})
+        say(f"step {at_step:>6} validation leaderboard {scores['val/leaderboard']:.4f}", self.main)
+        if self.state.best_score is None or scores["val/leaderboard"] > self.state.best_score:
+            self.state.best_score = scores["val/leaderboard"]
             return True
         return False
 
-    def settle_validations(wait: bool) -> None:
-        for at_step, scores in scorer.results(wait):
-            run.settle_candidate(at_step, record_validation(at_step, scores))
+    def _collect_scores(self, wait: bool) -> None:
+        if self.scorer is not None:
+            for at_step, scores in self.scorer.results(wait or self.state.step >= self.total_steps):
+                self.run_dir.settle_candidate(at_step, self._record_validation(at_step, scores))
 
-    def open_batches():
-        sampler = PatchSampler(train_volumes, cfg.data.patch_size, micro_batch, cfg.data.foreground_fraction, cfg.train.seed, info.rank, info.world)
-        return iter(make_loader(sampler, step, cfg.train.steps, accumulation, cfg.data.num_workers, device.type == "cuda"))
+    # ---- checkpoints
+    def _checkpoint_dict(self, rng: dict) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.precision.needs_scaler else None,
+            **asdict(self.state),
+            "config": self.cfg.to_dict(),
+            "config_digest": self.cfg.digest(),
+            "version": __version__,
+            "global_batch": self.global_batch,
+            "rng": rng,
+        }
 
-    def optimizer_step(lr: float, batches) -> float:
-        """One optimizer step over ``accumulation`` micro-batches; returns the summed loss."""
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        optimizer.zero_grad(set_to_none=True)
-        total = 0.0
-        for micro in range(accumulation):
-            t_wait = time.perf_counter()
-            got_step, got_micro, batch = next(batches)
-            window["wait"] += time.perf_counter() - t_wait
-            assert (got_step, got_micro) == (step, micro), "loader out of order"
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            slot = micro * info.world + info.rank  # as the sampler numbers micro-batches
-            gen = torch.Generator().manual_seed(int(np.random.SeedSequence([cfg.train.seed, step, slot]).generate_state(1)[0]))
-            x, y = augment_batch(batch["image"], batch["label"], batch["mean"], batch["std"], cfg.augment, gen)
-            x = to_memory_format(x, speed)
-            sync = micro == accumulation - 1 or not info.enabled
-            with (contextlib.nullcontext() if sync else net.no_sync()), precision.autocast():
-                loss = segmentation_loss(net(x), y, cfg.loss.bce_weight, cfg.loss.dice_weight) / accumulation
-            scaler.scale(loss).backward()
-            total += float(loss.detach())
-        scaler.unscale_(optimizer)
-        if cfg.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        return total
+    def checkpoint(self) -> None:
+        rngs = {str(rank): s for rank, s in enumerate(dist.all_gather_object(own_rng_state(), self.info))}  # every rank takes part
+        if self.main:
+            finished = self.state.step >= self.total_steps
+            self.run_dir.save(self._checkpoint_dict(rngs), self.state.step, self.cfg.train.keep_last, final=finished or self.stop_reason == "minutes")
+        self.clock.checkpointed()
 
-    clock = Clock(cfg.train.minutes, cfg.train.time_limit, cfg.train.checkpoint_minutes)
-    stop_reason = "steps" if step >= cfg.train.steps else ""
-    window = {"loss": 0.0, "n": 0, "wait": 0.0, "t0": time.perf_counter()}
-    totals = {"wait": 0.0, "time": 0.0}
-    net.train()
+    def resume(self) -> None:
+        ckpt = self.run_dir.load_newest_valid()
+        if self.main:
+            self.run_dir.drop_candidates()
+        if ckpt is not None:
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            if ckpt.get("scaler") and self.precision.needs_scaler:
+                self.scaler.load_state_dict(ckpt["scaler"])
+            # an out-of-memory fallback of an earlier session stays in force
+            self.state = TrainState(**{k: ckpt[k] for k in asdict(self.state) if k in ckpt})
+            self.state.history = list(self.state.history)
+            restore_rng_state(ckpt.get("rng", {}).get(str(self.info.rank)))
+            self.log.truncate_after(self.state.step)
+            say(f"resuming {self.run_dir.root} at step {self.state.step}" + (f" (rank {self.info.rank})" if self.info.enabled else ""))
+        dist.barrier(self.info)
+        if self.state.step >= self.total_steps:
+            self.stop_reason = "steps"
 
-    with StopSignals() as signals, GpuMonitor() as gpus:
-        batches = open_batches()
-        while step < cfg.train.steps and not stop_reason:
-            lr = learning_rate(step, cfg.train.steps, cfg.optim)
-            try:
-                window["loss"] += optimizer_step(lr, batches)
-            except torch.cuda.OutOfMemoryError:
-                # keep the effective batch: half the micro-batch, twice the accumulation
-                optimizer.zero_grad(set_to_none=True)
-                del batches
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                if info.enabled or micro_batch % 2:
-                    raise ScrollsegError(
-                        f"out of memory at step {step} with a micro-batch of {micro_batch}"
-                        f"{' on ' + str(info.world) + ' processes' if info.enabled else ''}; resume with a smaller "
-                        f"data.batch_size (and a larger optim.accumulation) or data.patch_size"
-                    ) from None
-                micro_batch //= 2
-                accumulation *= 2
-                log.write({"step": step, "event": "out_of_memory", "micro_batch": micro_batch, "accumulation": accumulation})
-                say(f"out of memory at step {step}: micro-batch {micro_batch} x {accumulation} accumulation, same effective batch", main)
-                batches = open_batches()
-                continue
-            step += 1
-            window["n"] += 1
+    # ---- set-up and end
+    def _write_config(self) -> None:
+        if not self.main:
+            return
+        try:
+            self.run_dir.root.mkdir(parents=True, exist_ok=True)
+            self.run_dir.remove_temporary_files()  # left by a kill during a write
+            self.run_dir.config_path.write_text(dump_yaml(self.cfg))
+        except OSError as exc:
+            raise ScrollsegError(f"{self.run_dir.root}: cannot write the run folder ({exc.strerror}); choose a writable RUN path") from exc
 
-            if step % cfg.train.log_every == 0 or step == cfg.train.steps:
-                elapsed = time.perf_counter() - window["t0"]
-                record = {
-                    "step": step,
-                    "loss": window["loss"] / window["n"],
-                    "lr": lr,
-                    "samples_per_s": window["n"] * global_batch / elapsed,
-                    "data_wait": window["wait"] / elapsed,
-                    "elapsed_s": clock.elapsed(),
-                    **gpus.latest(),
-                }
-                totals["wait"] += window["wait"]
-                totals["time"] += elapsed
-                history.append({"step": step, "loss": record["loss"]})
-                log.write(record)
-                say(f"step {step:>6}/{cfg.train.steps} loss {record['loss']:.4f} lr {lr:.2e} {record['samples_per_s']:.1f} samples/s data-wait {record['data_wait']:.0%}", main and progress)
-                window = {"loss": 0.0, "n": 0, "wait": 0.0, "t0": time.perf_counter()}
+    def _load_volumes(self):
+        refs = list_volumes(self.data_dir, "train")
+        if not refs:
+            raise DataError(f"{self.data_dir}: the train set is empty (no id of train.csv has both image and label); check the folder")
+        train_refs, val_refs = split_volumes(refs, self.cfg)
+        cache = VolumeCache(self.cfg.data.cache_dir or self.run_dir.root / "cache", self.cfg.data.max_voxels)
+        if self.main:  # rank 0 decodes the TIFFs; the others wait and then memory-map the same files
+            for ref in refs:
+                cache.load(ref)
+        dist.barrier(self.info)
+        return [cache.load(r) for r in train_refs], [cache.load(r) for r in val_refs][: self.cfg.train.val_volumes or None]
 
-            if val_volumes and (step % cfg.train.val_every == 0 or step == cfg.train.steps):
-                if main:
-                    masks = predict_masks(model, val_volumes, cfg, device)
-                    labels = [np.asarray(v.label) for v in val_volumes]
-                    if scorer is None:
-                        scores = score_pairs(labels, masks)
-                        if record_validation(step, scores):
-                            run.save_best(state({"0": own_rng_state()} if not info.enabled else {}))
-                    else:
-                        run.save_candidate(state({"0": own_rng_state()} if not info.enabled else {}), step)
-                        scorer.submit(step, labels, masks)
-                dist.barrier(info)
-            if scorer is not None:
-                settle_validations(wait=step >= cfg.train.steps)
+    def _wrap(self, fast: torch.nn.Module, strategy: str) -> torch.nn.Module:
+        if self.info.enabled:
+            return DistributedDataParallel(fast, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if strategy == "dp" and torch.cuda.device_count() > 1:
+            return torch.nn.DataParallel(fast)
+        return fast
 
-            stop = signals.received or ("time-limit" if clock.deadline_near() else None) or ("minutes" if clock.budget_spent() else None)
-            stop = dist.broadcast_flag(bool(stop), info, device) and (stop or "peer")
-            if stop:
-                stop_reason = stop
-            finished = step >= cfg.train.steps
-            periodic = step % cfg.train.checkpoint_steps == 0 or clock.checkpoint_due()
-            if finished or stop or periodic:
-                rng = gather_rng_states(info)  # a collective: every rank takes part
-                if main:
-                    run.save(state(rng), step, cfg.train.keep_last, final=finished or stop == "minutes")
-                clock.checkpointed()
-            if finished:
-                stop_reason = "steps"
+    @property
+    def global_batch(self) -> int:
+        return self.state.micro_batch * self.info.world * self.state.accumulation
 
-    del batches
-    if scorer is not None:
-        if stop_reason == "steps":
-            settle_validations(wait=True)
-        scorer.close()  # a stopped run does not wait; its pending candidates are dropped
-        run.drop_candidates()
-    if totals["time"] > 0:
-        summary = {"data_wait": totals["wait"] / totals["time"], **gpus.summary()}
-        log.write({"step": step, "event": "summary", **summary})
-        say("run summary: " + ", ".join(f"{k} {v:.3g}" for k, v in summary.items()), main and progress)
-    if stop_reason in ("time-limit",) or stop_reason.startswith("SIG") or stop_reason == "peer":
-        say(f"stopped at step {step} ({stop_reason}); checkpoint saved. Resume with the same command: scrollseg train {data_dir} {run.root}", main)
-    dist.barrier(info)
-    dist.shutdown(info)
-    return TrainResult(run.root, step, step >= cfg.train.steps, stop_reason, best_score)
+    def _announce(self) -> None:
+        if self.device.type == "cpu" and sum(p.numel() for p in self.model.parameters()) > 20_000_000:
+            warnings.warn("this model is sized for GPUs and will train very slowly on the CPU; use --preset tiny for a CPU run", stacklevel=2)
+        s, w = self.state, self.info.world
+        say(f"train: {len(self.train_volumes)} volumes, validate: {len(self.val_volumes)} | device {self.device} x{w}, {self.precision.name} | "
+            f"global batch {self.global_batch} = {s.micro_batch} per device x {w} devices x {s.accumulation} accumulation", self.main)
+        if s.step == 0:
+            self.log.write({"step": 0, "event": "start", "global_batch": self.global_batch, "world": w, "precision": self.precision.name})
+        self.net.train()
 
+    def _log_progress(self, window: LogWindow, lr: float) -> LogWindow:
+        elapsed = time.perf_counter() - window.start
+        record = {
+            "step": self.state.step,
+            "loss": window.loss / window.steps,
+            "grad_norm": window.grad_norm / window.steps,
+            "lr": lr,
+            "samples_per_s": window.steps * self.global_batch / elapsed,
+            "data_wait": window.wait / elapsed,
+            "elapsed_s": self.clock.elapsed(),
+            **self.gpus.latest(),
+        }
+        self.totals["wait"] += window.wait
+        self.totals["time"] += elapsed
+        self.state.history.append({"step": self.state.step, "loss": record["loss"]})
+        self.log.write(record)
+        say(f"step {self.state.step:>6}/{self.total_steps} loss {record['loss']:.4f} lr {lr:.2e} {record['samples_per_s']:.1f} samples/s "
+            f"data-wait {record['data_wait']:.0%}", self.main and self.progress)
+        return LogWindow()
+
+    def _stop_requested(self, signals: StopSignals) -> str:
+        stop = signals.received or ("time-limit" if self.clock.deadline_near() else None) or ("minutes" if self.clock.budget_spent() else None)
+        stop = dist.broadcast_flag(bool(stop), self.info, self.device) and (stop or "peer")
+        return stop or ""
+
+    def _finish(self) -> TrainResult:
+        self.batches = None
+        step = self.state.step
+        if step >= self.total_steps:
+            self.stop_reason = "steps"
+        if self.scorer is not None:
+            if self.stop_reason == "steps":
+                self._collect_scores(wait=True)
+            self.scorer.close()  # a stopped run does not wait; its pending candidates are dropped
+            self.run_dir.drop_candidates()
+        if getattr(self, "totals", None) and self.totals["time"] > 0:
+            summary = {"data_wait": self.totals["wait"] / self.totals["time"], **self.gpus.summary()}
+            self.log.write({"step": step, "event": "summary", **summary})
+            say("run summary: " + ", ".join(f"{k} {v:.3g}" for k, v in summary.items()), self.main and self.progress)
+        if self.stop_reason in ("time-limit", "peer") or self.stop_reason.startswith("SIG"):
+            say(f"stopped at step {step} ({self.stop_reason}); checkpoint saved. Resume with the same command: "
+                f"scrollseg train {self.data_dir} {self.run_dir.root}", self.main)
+        dist.barrier(self.info)
+        dist.shutdown(self.info)
+        return TrainResult(self.run_dir.root, step, step >= self.total_steps, self.stop_reason, self.state.best_score)
+
+
+def train(data_dir: Path | str, run_dir: Path | str, cfg: Config, progress: bool = True, strategy: str = "ddp") -> TrainResult:
+    """Train (or resume) in this process; see :class:`Trainer`."""
+    return Trainer(data_dir, run_dir, cfg, progress, strategy).run()

@@ -18,23 +18,17 @@ import numpy as np
 import torch
 
 from ..config import Config
-from ..inference.postprocess import binarise
-from ..inference.predict import probability_map
+from ..inference.predict import predict_masks
 from ..metrics.evaluate import MEAN_KEYS
 from ..metrics.leaderboard import score_volume
 
 
-def predict_masks(model: torch.nn.Module, volumes, cfg: Config, device: torch.device) -> list[np.ndarray]:
+def validation_masks(model: torch.nn.Module, volumes, cfg: Config, device: torch.device) -> list[np.ndarray]:
     """Masks of the held-out volumes with the inference settings, without flip TTA
     (which would make every validation eight times as long)."""
-    model.eval()
-    settings = dataclasses.replace(cfg.inference, tta=False)
-    masks = []
-    for vol in volumes:
-        prob = probability_map(model, np.asarray(vol.image), settings, cfg.tile_size(), device, (vol.mean, vol.std))
-        masks.append(binarise(prob, cfg.inference.threshold, cfg.inference.hysteresis_low, cfg.inference.min_component))
-    model.train()
-    return masks
+    settings = dataclasses.replace(cfg, inference=dataclasses.replace(cfg.inference, tta=False))
+    items = [(i, np.asarray(v.image), (v.mean, v.std)) for i, v in enumerate(volumes)]
+    return [mask for _, mask in predict_masks(model, items, settings, device)]
 
 
 def score_pairs(labels: list[np.ndarray], masks: list[np.ndarray]) -> dict:

@@ -1,11 +1,13 @@
-"""Whole-volume prediction with a trained model, and the ``predict`` command's loop."""
+"""Whole-volume prediction: rebuild a model from its checkpoint, blend its tiles into a
+probability map, and turn the volumes of a list into probability maps or masks.
+
+These are the primitives that validation, ``predict`` and ``tune`` share; reading the
+test set ahead, spreading it over processes and writing the zip live in ``scrollseg.api``.
+"""
 from __future__ import annotations
 
-import os
-import shutil
-import threading
 from pathlib import Path
-from queue import Queue
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -13,14 +15,14 @@ import torch
 from ..checkpoint import load_checkpoint, resolve_checkpoint
 from ..config import Config, InferenceConfig, from_dict
 from ..data.cache import intensity_stats
-from ..data.io import read_header_shape, read_volume, write_volume
-from ..errors import DataError
-from ..data.layout import VolumeRef, images_in
 from ..models import build_model
+from ..precision import resolve_precision
 from .postprocess import binarise
 from .sliding_window import sliding_window
-from .submission import SubmissionWriter
 from .tta import with_flip_tta
+
+# (key, uint8 image, (mean, std) or None to compute them from the image)
+VolumeItem = tuple[object, np.ndarray, "tuple[float, float] | None"]
 
 
 def load_model(checkpoint: Path | str, device: torch.device) -> tuple[torch.nn.Module, Config]:
@@ -43,14 +45,12 @@ def probability_map(
     """Surface probability [D, H, W] float32 of a uint8 volume."""
     mean, std = stats or intensity_stats(image)
     volume = ((torch.from_numpy(np.array(image, dtype=np.uint8)).float() / 255.0 - mean) / std).unsqueeze(0)
-    autocast_dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
+    precision = resolve_precision("auto", device)
 
     @torch.inference_mode()
     def predict(batch: torch.Tensor) -> torch.Tensor:
-        if device.type == "cuda":
-            with torch.autocast("cuda", dtype=autocast_dtype):
-                return torch.sigmoid(model(batch).float())
-        return torch.sigmoid(model(batch))
+        with precision.autocast():
+            return torch.sigmoid(model(batch).float())
 
     predictor = with_flip_tta(predict) if cfg.tta else predict
     batch_size = cfg.tile_batch
@@ -69,79 +69,29 @@ def probability_map(
     return prob[0].float().cpu().numpy()
 
 
-def _prefetch(refs: list[VolumeRef], max_voxels: int, depth: int = 2):
-    """Read and decode the next volumes in a thread while the current one is predicted."""
-    queue: Queue = Queue(maxsize=depth)
-
-    def work() -> None:
-        for ref in refs:
-            try:
-                queue.put((ref, read_volume(ref.image, max_voxels), None))
-            except Exception as exc:  # handed to the consumer, which raises it
-                queue.put((ref, None, exc))
-                return
-
-    threading.Thread(target=work, daemon=True).start()
-    for _ in refs:
-        ref, image, error = queue.get()
-        if error is not None:
-            raise error
-        yield ref, image
+def to_mask(prob: np.ndarray, cfg: InferenceConfig) -> np.ndarray:
+    """The configured threshold and post-processing of a probability map."""
+    return binarise(prob, cfg.threshold, cfg.hysteresis_low, cfg.min_component)
 
 
-def predict_masks(checkpoint: Path | str, refs: list[VolumeRef], device: torch.device, overrides: dict | None, progress: bool):
-    """Yield ``(ref, mask, image_shape)`` for each volume, reading ahead in a thread."""
-    model, cfg = load_model(checkpoint, device)
-    for key, value in (overrides or {}).items():
-        setattr(cfg.inference, key, value)
-    items = _prefetch(refs, cfg.data.max_voxels)
-    if progress:
-        from tqdm import tqdm
-
-        items = tqdm(items, total=len(refs), desc="predict", unit="vol")
-    for ref, image in items:
-        prob = probability_map(model, image, cfg.inference, cfg.tile_size(), device)
-        yield ref, binarise(prob, cfg.inference.threshold, cfg.inference.hysteresis_low, cfg.inference.min_component), image.shape
+def predict_probabilities(model: torch.nn.Module, volumes: Iterable[VolumeItem], cfg: Config, device: torch.device) -> Iterator[tuple[object, np.ndarray]]:
+    """``(key, probability map)`` for each volume, with ``cfg.inference`` (TTA included)."""
+    was_training = model.training
+    model.eval()
+    try:
+        for key, image, stats in volumes:
+            yield key, probability_map(model, image, cfg.inference, cfg.tile_size(), device, stats)
+    finally:
+        model.train(was_training)
 
 
-def _predict_share(checkpoint, refs: list[VolumeRef], parts: Path, overrides: dict | None) -> None:
-    """One worker of a multi-device prediction: every world-th volume, written to ``parts``."""
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    device = torch.device("cuda", rank) if torch.cuda.is_available() else torch.device("cpu")
-    for ref, mask, _ in predict_masks(checkpoint, refs[rank::world], device, overrides, progress=False):
-        write_volume(parts / f"{ref.id}.tif", mask)
+def predict_masks(model: torch.nn.Module, volumes: Iterable[VolumeItem], cfg: Config, device: torch.device) -> Iterator[tuple[object, np.ndarray]]:
+    """``(key, uint8 mask)`` for each volume: probability map, threshold, post-processing."""
+    for key, prob in predict_probabilities(model, volumes, cfg, device):
+        yield key, to_mask(prob, cfg.inference)
 
 
-def predict_to_submission(
-    checkpoint: Path | str,
-    images: Path | str,
-    out: Path | str,
-    csv_path: Path | str | None = None,
-    device: str | torch.device | None = None,
-    overrides: dict | None = None,
-    progress: bool = True,
-    devices: int | str = 1,
-) -> Path:
-    """Predict every test volume into ``out``; ``devices`` > 1 spreads volumes over processes."""
-    from ..launch import resolve_devices, run_processes
-
-    resolve_checkpoint(checkpoint)  # fail before any work when there is none
-    refs = images_in(images, csv_path)
-    if not refs:
-        raise DataError(f"{images}: no .tif volumes found; give the test_images folder or the dataset root")
-    n = min(resolve_devices(devices), len(refs))
-    with SubmissionWriter(out, {r.id for r in refs}) as writer:
-        if n == 1:
-            device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-            for ref, mask, shape in predict_masks(checkpoint, refs, device, overrides, progress):
-                writer.add(ref.id, mask, shape)
-        else:
-            parts = writer.tmp.with_name(writer.tmp.name + ".parts")
-            parts.mkdir()
-            try:
-                run_processes(_predict_share, (checkpoint, refs, parts, overrides), n)
-                for ref in refs:
-                    writer.add(ref.id, read_volume(parts / f"{ref.id}.tif"), read_header_shape(ref.image))
-            finally:
-                shutil.rmtree(parts, ignore_errors=True)
-    return Path(out)
+def volume_items(images: Sequence[np.ndarray], stats: Sequence[tuple[float, float] | None] | None = None) -> list[VolumeItem]:
+    """Items keyed by position, for volumes already in memory."""
+    stats = stats or [None] * len(images)
+    return [(i, image, s) for i, (image, s) in enumerate(zip(images, stats))]

@@ -5,11 +5,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..constants import IGNORE_LABEL
 from .surface_dice import surface_dice
 from .topology import TopoCounts, topo_counts
 from .voi import variation_of_information, voi_score
 
-IGNORE_LABEL = 2
 WEIGHTS = {"topo": 0.30, "surface_dice": 0.35, "voi_score": 0.35}
 TOLERANCE = 2.0
 VOI_ALPHA = 0.3

@@ -1,4 +1,5 @@
-"""Mixed precision: bf16 where the GPU supports it, fp16 with a GradScaler where not, fp32 on the CPU."""
+"""Mixed precision, chosen in one place for training and inference: bf16 where the GPU
+supports it, fp16 (with a GradScaler when training) where not, fp32 on the CPU."""
 from __future__ import annotations
 
 import contextlib
@@ -27,8 +28,10 @@ class Precision:
 
 
 def resolve_precision(requested: str, device: torch.device) -> Precision:
+    """``auto``: bf16 on GPUs that support it, else fp16; fp32 on the CPU. An explicit
+    ``bf16`` is honoured on the CPU too (autocast supports it there); fp16 is GPU-only."""
     if device.type != "cuda":
-        return Precision("fp32", device.type)
+        return Precision("bf16" if requested == "bf16" else "fp32", device.type)
     if requested == "auto":
         return Precision("bf16" if torch.cuda.is_bf16_supported() else "fp16", "cuda")
     if requested == "bf16" and not torch.cuda.is_bf16_supported():
