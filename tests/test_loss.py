@@ -18,6 +18,7 @@ from scrollseg.losses import (
     soft_skeleton,
     tubed_skeleton,
 )
+from scrollseg.losses.skeleton import binary_skeleton
 
 # 2x2x2 volume, flattened in C order: two ignored voxels
 LABEL_8 = [1, 0, 2, 1, 0, 2, 1, 0]
@@ -163,6 +164,19 @@ def test_skeletons_find_the_middle_of_a_slab():
     assert torch.equal(tubed_skeleton(slab(5)), slab(5))  # the tube covers a sheet up to five voxels thick
     assert z_profile(tubed_skeleton(slab(9))) == [4, 5, 6, 7, 8]  # middle layer 6, two voxels either side
     assert z_profile(tubed_skeleton(slab(12))) == [4, 5, 6, 7, 8, 9, 10, 11]  # core 6..9 beyond three levels, plus the tube
+
+
+def test_boolean_skeleton_equals_the_soft_skeleton_on_binary_volumes():
+    rng = np.random.default_rng(3)
+    volume = torch.zeros(2, 1, 16, 17, 18, dtype=torch.bool)
+    for _ in range(12):  # overlapping boxes up to 9 voxels thick, so deep erosion levels are not empty
+        b, *corner = (int(rng.integers(0, n)) for n in (2, 12, 13, 14))
+        size = rng.integers(2, 10, 3)
+        volume[b, 0, corner[0]:corner[0] + size[0], corner[1]:corner[1] + size[1], corner[2]:corner[2] + size[2]] = True
+    skeletons = [soft_skeleton(volume.float(), iterations) for iterations in (1, 3)]
+    assert not torch.equal(*skeletons) and 0 < skeletons[1].sum() < volume.sum()
+    for iterations, soft in zip((1, 3), skeletons):
+        assert torch.equal(binary_skeleton(volume, iterations)[0].float(), soft)
 
 
 @pytest.mark.parametrize("loss_fn", [skeleton_recall_loss, cldice_loss])

@@ -37,13 +37,14 @@ def _pool_factors(shape: Sequence[int], target: Sequence[int]) -> tuple[int, ...
 
 def deep_supervision_targets(label: torch.Tensor, shapes: Sequence[Sequence[int]]) -> list[torch.Tensor]:
     """The label [B, 1, *S] pooled to each spatial shape in ``shapes`` (largest first, each dividing the previous)."""
-    foreground = (label == 1).float()
-    ignored = (label == IGNORE_LABEL).float()
+    foreground = ignored = None  # made on first use: with one supervised output there is nothing to pool
     current = label
     targets = []
     for target_shape in shapes:
         factors = _pool_factors(current.shape[2:], target_shape)
         if any(f > 1 for f in factors):
+            if foreground is None:
+                foreground, ignored = (label == 1).float(), (label == IGNORE_LABEL).float()
             foreground = F.max_pool3d(foreground, factors, factors)
             ignored = F.avg_pool3d(ignored, factors, factors)
             current = torch.where(ignored > 0.5, IGNORE_LABEL, 0).to(label.dtype).masked_fill_(foreground > 0, 1)
