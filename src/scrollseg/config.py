@@ -57,6 +57,9 @@ class ModelConfig:
 class LossConfig:
     bce_weight: float = 1.0
     dice_weight: float = 1.0
+    skeleton_recall_weight: float = 0.0  # 1 - recall of the label's tubed skeleton, full resolution only
+    cldice_weight: float = 0.0  # 1 - clDice, full resolution only
+    cldice_iterations: int = 3  # soft-skeleton erosion levels of clDice
 
 
 @dataclass
@@ -257,6 +260,9 @@ def validate(cfg: Config) -> None:
     need(cfg.train.compile in ("auto", "on", "off"), "train.compile must be auto, on or off")
     need(cfg.train.val_scoring in ("auto", "background", "inline"), "train.val_scoring must be auto, background or inline")
     need(cfg.train.channels_last in ("auto", "on", "off"), "train.channels_last must be auto, on or off")
+    for key in ("bce_weight", "dice_weight", "skeleton_recall_weight", "cldice_weight"):
+        need(getattr(cfg.loss, key) >= 0, f"loss.{key} must be at least 0")
+    need(cfg.loss.cldice_iterations >= 1, "loss.cldice_iterations must be at least 1")
     tile = cfg.tile_size()
     need(len(tile) == 3 and all(t % stride == 0 for t in tile), f"inference.tile must be three sizes divisible by {stride}")
 

@@ -210,7 +210,7 @@ class Trainer:
         return result
 
     def _loss(self, outputs, label: torch.Tensor) -> torch.Tensor:
-        return segmentation_loss(outputs, label, self.cfg.loss.bce_weight, self.cfg.loss.dice_weight)
+        return segmentation_loss(outputs, label, self.cfg.loss)
 
     def _micro_batches(self, window: LogWindow):
         """The step's augmented (image, label) micro-batches, timing the wait for data."""
