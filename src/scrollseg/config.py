@@ -26,7 +26,9 @@ class DataConfig:
     foreground_fraction: float = 0.33  # share of patches centred on a surface voxel
     num_workers: int = 2
     val_fraction: float = 0.2
-    split_by: str = "volume"  # "volume" or "scroll"
+    split_by: str = "scroll"  # "scroll" (when the train set has two or more scrolls, else by volume) or "volume"
+    folds: int = 0  # > 1: N-fold cross-validation, this run holding out fold ``fold``
+    fold: int = 0
     val_ids: list[str] = field(default_factory=list)  # overrides the random split when set
     cache_dir: str = ""  # empty: RUN/cache
     max_voxels: int = 1024**3  # TIFFs announcing more are refused before decoding
@@ -77,12 +79,13 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 100_000
+    steps: int = 100_000  # 0: as many as fit in ``minutes``, fixed after a measured warm-up
     minutes: float = 0.0  # 0: no wall-clock bound
     seed: int = 0
     precision: str = "auto"  # "auto", "bf16", "fp16" or "fp32"
     val_every: int = 1000
-    val_volumes: int = 4  # at most this many held-out volumes per validation; 0: all
+    val_volumes: int = 0  # at most this many held-out volumes per validation; 0: all
+    ema_decay: float = 0.0  # > 0: keep an exponential moving average of the weights, validated and used for prediction
     val_scoring: str = "auto"  # "background" (a CPU process), "inline", or "auto": background on accelerators
     log_every: int = 20
     checkpoint_steps: int = 1000
@@ -251,6 +254,11 @@ def validate(cfg: Config) -> None:
     need(cfg.data.batch_size >= 1, "data.batch_size must be at least 1")
     need(0.0 <= cfg.data.foreground_fraction <= 1.0, "data.foreground_fraction must lie in [0, 1]")
     need(cfg.data.split_by in ("volume", "scroll"), "data.split_by must be 'volume' or 'scroll'")
+    need(cfg.data.folds == 0 or (cfg.data.folds >= 2 and 0 <= cfg.data.fold < cfg.data.folds),
+         f"data.fold {cfg.data.fold} of data.folds {cfg.data.folds}: give folds >= 2 and 0 <= fold < folds (e.g. --fold 0/5)")
+    need(cfg.train.steps >= 0, "train.steps must be positive (or 0 with train.minutes: as many as fit)")
+    need(cfg.train.steps > 0 or cfg.train.minutes > 0, "train.steps=0 needs a time budget: give --minutes M (or train.minutes)")
+    need(0.0 <= cfg.train.ema_decay < 1.0, "train.ema_decay must lie in [0, 1), e.g. 0.999")
     need(cfg.optim.name in ("sgd", "adamw"), "optim.name must be 'sgd' or 'adamw'")
     need(cfg.optim.schedule in ("cosine", "poly", "constant"), "optim.schedule must be cosine, poly or constant")
     need(cfg.optim.accumulation >= 1, "optim.accumulation must be at least 1")

@@ -10,6 +10,7 @@ The config reaching here has been checked against the run's by ``scrollseg.api``
 """
 from __future__ import annotations
 
+import json
 import random
 import time
 import warnings
@@ -25,14 +26,17 @@ from ..checkpoint import RunDir
 from ..config import Config, dump_yaml
 from ..data.augment import augment_batch
 from ..data.cache import VolumeCache
-from ..data.layout import VolumeRef, list_volumes
+from ..data.layout import list_volumes
 from ..data.loader import make_loader
 from ..data.sampler import PatchSampler
+from ..data.split import split_volumes
 from ..errors import DataError, ScrollsegError
 from ..losses import segmentation_loss
 from ..models import build_model
 from ..precision import resolve_precision
+from .budget import MEASURE_STEPS, steps_that_fit
 from .deadline import Clock, StopSignals
+from .ema import WeightAverage
 from .log import MetricsLog, say
 from .monitor import GpuMonitor
 from .schedule import learning_rate
@@ -59,26 +63,9 @@ class TrainState:
     history: list = field(default_factory=list)
     micro_batch: int = 1  # an out-of-memory fallback halves it and doubles accumulation
     accumulation: int = 1
+    planned_steps: int = 0  # with train.steps=0: the steps that fit train.minutes, fixed after a warm-up
 
-
-def split_volumes(refs: list[VolumeRef], cfg: Config) -> tuple[list[VolumeRef], list[VolumeRef]]:
-    """Held-out volumes by id, by volume or by scroll, deterministic for a seed."""
-    if cfg.data.val_ids:
-        val_ids = set(cfg.data.val_ids)
-        return [r for r in refs if r.id not in val_ids], [r for r in refs if r.id in val_ids]
-    if len(refs) < 2 or cfg.data.val_fraction <= 0:
-        return refs, []
-    rng = np.random.default_rng(cfg.train.seed)
-    if cfg.data.split_by == "scroll":
-        groups = sorted({r.scroll_id for r in refs})
-        if len(groups) >= 2:
-            n_val = max(1, round(cfg.data.val_fraction * len(groups)))
-            val_groups = set(np.asarray(groups)[rng.permutation(len(groups))[:n_val]].tolist())
-            return [r for r in refs if r.scroll_id not in val_groups], [r for r in refs if r.scroll_id in val_groups]
-    order = rng.permutation(len(refs))
-    n_val = min(len(refs) - 1, max(1, round(cfg.data.val_fraction * len(refs))))
-    val_idx = set(order[:n_val].tolist())
-    return [r for i, r in enumerate(refs) if i not in val_idx], [r for i, r in enumerate(refs) if i in val_idx]
+UNPLANNED = 10**9  # the step count before a time-budgeted run has measured itself
 
 
 def make_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
@@ -162,6 +149,7 @@ class Trainer:
         self.state = TrainState(micro_batch=cfg.data.batch_size, accumulation=cfg.optim.accumulation)
         self.speed = resolve_speed(cfg.train, self.device)
         self.net = self._wrap(speed_up(self.model, self.speed), strategy)
+        self.ema = WeightAverage(self.model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
         self.scorer = BackgroundScorer() if self.main and background_scoring(cfg, self.device) else None
         self.clock = Clock(cfg.train.minutes, cfg.train.time_limit, cfg.train.checkpoint_minutes)
         self.stop_reason = ""
@@ -173,12 +161,15 @@ class Trainer:
         with StopSignals() as signals, GpuMonitor() as self.gpus:
             self.batches = self._open_batches()
             window, self.totals = LogWindow(), {"wait": 0.0, "time": 0.0}
+            self._measure_from = (self.state.step + 2, None)  # (step, time): the first steps of a session warm caches up
             while self.state.step < self.total_steps and not self.stop_reason:
                 lr = learning_rate(self.state.step, self.total_steps, self.cfg.optim)
                 result = self.step(lr, window)
                 if result is None:  # out of memory: retried with half the micro-batch
                     continue
                 window.add(result.loss, result.grad_norm)
+                if self.state.step == self._measure_from[0] + MEASURE_STEPS and self.total_steps == UNPLANNED:
+                    self._plan_steps()
                 if self._due(self.cfg.train.log_every):
                     window = self._log_progress(window, lr)
                 if self.val_volumes and self._due(self.cfg.train.val_every):
@@ -191,7 +182,28 @@ class Trainer:
 
     @property
     def total_steps(self) -> int:
-        return self.cfg.train.steps
+        return self.cfg.train.steps or self.state.planned_steps or UNPLANNED
+
+    def _plan_steps(self) -> None:
+        """Fix the step count so the LR schedule ends with the time budget, from the measured
+        step time (since step 2), one real validation and one real checkpoint."""
+        from_step, from_time = self._measure_from
+        step_s = (time.perf_counter() - from_time) / (self.state.step - from_step)
+        t0 = time.perf_counter()
+        if self.val_volumes:
+            self.validate()
+        validation_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self.checkpoint()
+        checkpoint_s = time.perf_counter() - t0
+        remaining = min(self.clock.budget_s, self.clock.deadline_s) - self.clock.elapsed()
+        planned = steps_that_fit(remaining, step_s, validation_s if self.val_volumes else 0.0, self.cfg.train.val_every,
+                                 checkpoint_s, self.cfg.train.checkpoint_steps, self.state.step)
+        self.state.planned_steps = int(dist.all_gather_object(planned, self.info)[0])  # every rank plans rank 0's count
+        self.log.write({"step": self.state.step, "event": "planned", "planned_steps": self.state.planned_steps, "step_s": step_s,
+                        "validation_s": validation_s, "checkpoint_s": checkpoint_s})
+        say(f"time budget: {self.state.planned_steps} steps fit ({step_s:.3f} s a step, {validation_s:.1f} s a validation)", self.main)
+        self.checkpoint()  # the plan is part of the run from here on: a resume keeps it
 
     def _due(self, every: int) -> bool:
         return self.state.step % every == 0 or self.state.step == self.total_steps
@@ -199,6 +211,8 @@ class Trainer:
     # ---- one step
     def step(self, lr: float, window: LogWindow):
         """One optimizer step; None when it ran out of memory and the micro-batch was halved."""
+        if self.state.step == self._measure_from[0]:
+            self._measure_from = (self.state.step, time.perf_counter())
         try:
             result = optimizer_step(self.net, self.optimizer, self.scaler, self.precision, self._loss, self._micro_batches(window),
                                     self.state.accumulation, lr, self.cfg.optim.grad_clip,
@@ -207,6 +221,8 @@ class Trainer:
             self._halve_micro_batch()
             return None
         self.state.step += 1
+        if self.ema is not None:
+            self.ema.update(self.model)
         return result
 
     def _loss(self, outputs, label: torch.Tensor) -> torch.Tensor:
@@ -256,7 +272,7 @@ class Trainer:
         """Predict the held-out volumes; score them here or hand them to the scoring process."""
         step = self.state.step
         if self.main:
-            masks = validation_masks(self.model, self.val_volumes, self.cfg, self.device)
+            masks = validation_masks(self.ema.model if self.ema else self.model, self.val_volumes, self.cfg, self.device)
             labels = [np.asarray(v.label) for v in self.val_volumes]
             if self.scorer is None:
                 if self._record_validation(step, score_pairs(labels, masks)):
@@ -286,6 +302,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.precision.needs_scaler else None,
+            "ema": self.ema.state_dict() if self.ema else None,
             **asdict(self.state),
             "config": self.cfg.to_dict(),
             "config_digest": self.cfg.digest(),
@@ -310,6 +327,8 @@ class Trainer:
             self.optimizer.load_state_dict(ckpt["optimizer"])
             if ckpt.get("scaler") and self.precision.needs_scaler:
                 self.scaler.load_state_dict(ckpt["scaler"])
+            if self.ema is not None and ckpt.get("ema"):
+                self.ema.load_state_dict(ckpt["ema"])
             # an out-of-memory fallback of an earlier session stays in force
             self.state = TrainState(**{k: ckpt[k] for k in asdict(self.state) if k in ckpt})
             self.state.history = list(self.state.history)
@@ -335,7 +354,10 @@ class Trainer:
         refs = list_volumes(self.data_dir, "train")
         if not refs:
             raise DataError(f"{self.data_dir}: the train set is empty (no id of train.csv has both image and label); check the folder")
-        train_refs, val_refs = split_volumes(refs, self.cfg)
+        train_refs, val_refs = split_volumes(refs, self.cfg.data, self.cfg.train.seed)
+        if self.main:  # what `scrollseg tune` needs to find the held-out volumes again
+            self.run_dir.record_path.write_text(json.dumps({"data": str(Path(self.data_dir).resolve()),
+                                                            "train_ids": [r.id for r in train_refs], "val_ids": [r.id for r in val_refs]}, indent=1))
         cache = VolumeCache(self.cfg.data.cache_dir or self.run_dir.root / "cache", self.cfg.data.max_voxels)
         if self.main:  # rank 0 decodes the TIFFs; the others wait and then memory-map the same files
             for ref in refs:
@@ -380,7 +402,8 @@ class Trainer:
         self.totals["time"] += elapsed
         self.state.history.append({"step": self.state.step, "loss": record["loss"]})
         self.log.write(record)
-        say(f"step {self.state.step:>6}/{self.total_steps} loss {record['loss']:.4f} lr {lr:.2e} {record['samples_per_s']:.1f} samples/s "
+        total = "?" if self.total_steps == UNPLANNED else self.total_steps
+        say(f"step {self.state.step:>6}/{total} loss {record['loss']:.4f} lr {lr:.2e} {record['samples_per_s']:.1f} samples/s "
             f"data-wait {record['data_wait']:.0%}", self.main and self.progress)
         return LogWindow()
 

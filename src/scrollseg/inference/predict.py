@@ -30,7 +30,8 @@ def load_model(checkpoint: Path | str, device: torch.device) -> tuple[torch.nn.M
     ckpt = load_checkpoint(resolve_checkpoint(checkpoint))
     cfg = from_dict(ckpt["config"])
     model = build_model(cfg.model)
-    model.load_state_dict(ckpt["model"])
+    # the weight average, when the run kept one, is what was validated
+    model.load_state_dict(ckpt["ema"]["model"] if ckpt.get("ema") else ckpt["model"])
     return model.to(device).eval(), cfg
 
 

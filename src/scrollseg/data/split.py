@@ -1,0 +1,40 @@
+"""Which train volumes are held out for validation: by scroll whenever the train set has
+two or more scrolls (neighbouring chunks of one scroll are alike, so a split by volume
+leaks), else by volume; a fraction, or fold K of an N-fold split. Deterministic for a seed."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..config import DataConfig
+from .layout import VolumeRef
+
+
+def _groups(refs: list[VolumeRef], by_scroll: bool, need: int) -> list[list[VolumeRef]]:
+    """Volumes grouped by scroll when asked and there are at least ``need`` scrolls, else one group each."""
+    if by_scroll:
+        scrolls = sorted({r.scroll_id for r in refs})
+        if len(scrolls) >= need:
+            return [[r for r in refs if r.scroll_id == s] for s in scrolls]
+    return [[r] for r in refs]
+
+
+def split_volumes(refs: list[VolumeRef], cfg: DataConfig, seed: int) -> tuple[list[VolumeRef], list[VolumeRef]]:
+    """(train, held-out) volumes."""
+    if cfg.val_ids:
+        val_ids = set(cfg.val_ids)
+        return [r for r in refs if r.id not in val_ids], [r for r in refs if r.id in val_ids]
+    if len(refs) < 2 or (cfg.folds < 2 and cfg.val_fraction <= 0):
+        return refs, []
+    by_scroll = cfg.split_by == "scroll"
+    rng = np.random.default_rng(seed)
+    if cfg.folds >= 2:
+        groups = _groups(refs, by_scroll, cfg.folds)
+        order = rng.permutation(len(groups))
+        held = {int(g) for i, g in enumerate(order) if i % cfg.folds == cfg.fold}
+    else:
+        groups = _groups(refs, by_scroll, 2)
+        order = rng.permutation(len(groups))
+        n_val = min(len(groups) - 1, max(1, round(cfg.val_fraction * len(groups))))
+        held = {int(g) for g in order[:n_val]}
+    val = {r.id for g in held for r in groups[g]}
+    return [r for r in refs if r.id not in val], [r for r in refs if r.id in val]
