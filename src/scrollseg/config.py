@@ -106,7 +106,15 @@ class InferenceConfig:
     tta: bool = False
     threshold: float = 0.5
     hysteresis_low: float = 0.0  # > 0: keep components above it that reach ``threshold``
-    min_component: int = 64  # 26-connected components smaller than this are removed
+    min_component: int = 64  # remove_dust: 6-connected components smaller than this are removed
+    # steps after thresholding, in order; names from POSTPROCESS_STEPS
+    postprocess: list[str] = field(default_factory=lambda: ["remove_dust"])
+    hole_max: int = 16  # plug_holes: largest hole filled, in voxels of one slice
+    close_radius: list[int] = field(default_factory=lambda: [1, 1, 1])  # close_sheets: box radius (z, y, x)
+
+
+# the post-processing steps inference.postprocess may list (scrollseg.inference.postprocess.STEPS)
+POSTPROCESS_STEPS = ("remove_dust", "plug_holes", "close_sheets", "fill_cavities")
 
 
 @dataclass
@@ -271,6 +279,20 @@ def validate(cfg: Config) -> None:
     for key in ("bce_weight", "dice_weight", "skeleton_recall_weight", "cldice_weight"):
         need(getattr(cfg.loss, key) >= 0, f"loss.{key} must be at least 0")
     need(cfg.loss.cldice_iterations >= 1, "loss.cldice_iterations must be at least 1")
+    inf = cfg.inference
+    need(0.0 < inf.threshold < 1.0, f"inference.threshold must lie in (0, 1), got {inf.threshold}")
+    need(
+        inf.hysteresis_low == 0.0 or 0.0 < inf.hysteresis_low < inf.threshold,
+        f"inference.hysteresis_low must be 0 (off) or lie in (0, threshold={inf.threshold}), got {inf.hysteresis_low}",
+    )
+    need(inf.min_component >= 0, "inference.min_component must be >= 0")
+    need(inf.hole_max >= 0, "inference.hole_max must be >= 0")
+    need(
+        len(inf.close_radius) == 3 and min(inf.close_radius) >= 0,
+        f"inference.close_radius needs three radii >= 0 (z, y, x), got {inf.close_radius}",
+    )
+    unknown = [name for name in inf.postprocess if name not in POSTPROCESS_STEPS]
+    need(not unknown, f"inference.postprocess has unknown step(s) {unknown}; known: {', '.join(POSTPROCESS_STEPS)}")
     tile = cfg.tile_size()
     need(len(tile) == 3 and all(t % stride == 0 for t in tile), f"inference.tile must be three sizes divisible by {stride}")
 

@@ -17,7 +17,7 @@ from ..config import Config, InferenceConfig, from_dict
 from ..data.cache import intensity_stats
 from ..models import build_model
 from ..precision import resolve_precision
-from .postprocess import binarise
+from .postprocess import postprocess
 from .sliding_window import sliding_window
 from .tta import with_flip_tta
 
@@ -71,8 +71,8 @@ def probability_map(
 
 
 def to_mask(prob: np.ndarray, cfg: InferenceConfig) -> np.ndarray:
-    """The configured threshold and post-processing of a probability map."""
-    return binarise(prob, cfg.threshold, cfg.hysteresis_low, cfg.min_component)
+    """The configured threshold and post-processing steps applied to a probability map."""
+    return postprocess(prob, cfg)
 
 
 def predict_probabilities(model: torch.nn.Module, volumes: Iterable[VolumeItem], cfg: Config, device: torch.device) -> Iterator[tuple[object, np.ndarray]]:
