@@ -65,31 +65,66 @@ def train(config: Config | str | dict | None, data: str | Path, run: str | Path,
     return train_in_process(*args) if n == 1 else run_processes(train_in_process, args, n)
 
 
-def _mask_stream(checkpoint: Path | str, refs: list[VolumeRef], device: torch.device, overrides: dict | None, progress: bool):
-    """``(ref, mask)`` per volume, decoding the next volumes in a thread meanwhile."""
-    from .inference.predict import load_model, predict_masks
+def _as_list(checkpoints) -> list[Path]:
+    return [Path(c) for c in checkpoints] if isinstance(checkpoints, (list, tuple)) else [Path(checkpoints)]
 
-    model, cfg = load_model(checkpoint, device)
+
+def load_predictor(checkpoints, device: torch.device, overrides: dict | None = None, use_tuned: bool = True, say=None):
+    """The models of one or several checkpoints (an ensemble averages them) and the config to
+    predict with: the first checkpoint's, then its run's tuned settings, then ``overrides``."""
+    from .checkpoint import load_checkpoint
+    from .inference.predict import load_model
+    from .inference.tune import tuned_settings
+
+    models, cfg = [], None
+    for checkpoint in _as_list(checkpoints):
+        model, model_cfg = load_model(checkpoint, device)
+        models.append(model)
+        cfg = cfg or model_cfg
+        if say:
+            path = resolve_checkpoint(checkpoint)
+            meta = load_checkpoint(path)
+            best = meta.get("best_score")
+            say(f"checkpoint {path} (step {meta.get('step')}" + (f", validation score {best:.4f})" if best is not None else ")"))
+    tuned = tuned_settings(_as_list(checkpoints)[0]) if use_tuned else None
+    if tuned:
+        settings, path = tuned
+        for key, value in settings.items():
+            setattr(cfg.inference, key, value)
+        if say:
+            say(f"post-processing tuned in {path}: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
     for key, value in (overrides or {}).items():
         setattr(cfg.inference, key, value)
+    from .config import validate
+
+    validate(cfg)
+    return models, cfg
+
+
+def _mask_stream(checkpoints, refs: list[VolumeRef], device: torch.device, overrides: dict | None, progress: bool, use_tuned: bool = True):
+    """``(ref, mask)`` per volume, decoding the next volumes in a thread meanwhile."""
+    from .engine.log import say
+    from .inference.predict import predict_masks
+
+    models, cfg = load_predictor(checkpoints, device, overrides, use_tuned, say if progress else None)
     volumes = ((ref, image, None) for ref, image in read_ahead(refs, lambda r: r.image, cfg.data.max_voxels))
     if progress:
         from tqdm import tqdm
 
         volumes = tqdm(volumes, total=len(refs), desc="predict", unit="vol")
-    yield from predict_masks(model, volumes, cfg, device)
+    yield from predict_masks(models, volumes, cfg, device)
 
 
-def _predict_share(checkpoint, refs: list[VolumeRef], parts: Path, overrides: dict | None) -> None:
+def _predict_share(checkpoints, refs: list[VolumeRef], parts: Path, overrides: dict | None, use_tuned: bool) -> None:
     """One worker of a multi-device prediction: every world-th volume, written to ``parts``."""
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     device = torch.device("cuda", rank) if torch.cuda.is_available() else torch.device("cpu")
-    for ref, mask in _mask_stream(checkpoint, refs[rank::world], device, overrides, progress=False):
+    for ref, mask in _mask_stream(checkpoints, refs[rank::world], device, overrides, False, use_tuned):
         write_volume(parts / f"{ref.id}.tif", mask)
 
 
 def predict(
-    checkpoint: Path | str,
+    checkpoint,
     images: Path | str,
     out: Path | str = "submission.zip",
     csv_path: Path | str | None = None,
@@ -97,12 +132,19 @@ def predict(
     overrides: dict | None = None,
     progress: bool = True,
     devices: int | str = 1,
+    use_tuned: bool = True,
 ) -> Path:
-    """Predict every test volume into ``out``, written only when complete; ``devices`` > 1
-    spreads the volumes over processes."""
+    """Predict every test volume into ``out``, written only when complete.
+
+    ``checkpoint`` is a run folder or .pt file, or a list of them (an ensemble: their
+    probabilities are averaged before post-processing). The run's ``tuned.yaml`` (from
+    ``tune``) is used unless ``use_tuned`` is false; ``overrides`` (inference settings) win
+    over both. ``devices`` > 1 spreads the volumes over processes.
+    """
     from .inference.submission import SubmissionWriter
 
-    resolve_checkpoint(checkpoint)  # fail before any work when there is none
+    for c in _as_list(checkpoint):
+        resolve_checkpoint(c)  # fail before any work when one is missing
     refs = images_in(images, csv_path)
     if not refs:
         raise DataError(f"{images}: no .tif volumes found; give the test_images folder or the dataset root")
@@ -110,18 +152,75 @@ def predict(
     with SubmissionWriter(out, {r.id for r in refs}) as writer:
         if n == 1:
             device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-            for ref, mask in _mask_stream(checkpoint, refs, device, overrides, progress):
+            for ref, mask in _mask_stream(checkpoint, refs, device, overrides, progress, use_tuned):
                 writer.add(ref.id, mask, read_header_shape(ref.image))
         else:
             parts = writer.tmp.with_name(writer.tmp.name + ".parts")
             parts.mkdir()
             try:
-                run_processes(_predict_share, (checkpoint, refs, parts, overrides), n)
+                run_processes(_predict_share, (checkpoint, refs, parts, overrides, use_tuned), n)
                 for ref in refs:
                     writer.add(ref.id, read_volume(parts / f"{ref.id}.tif"), read_header_shape(ref.image))
             finally:
                 shutil.rmtree(parts, ignore_errors=True)
     return Path(out)
+
+
+def tune(run: Path | str, data: Path | str | None = None, workers: int | None = None, tta: bool | None = None,
+         progress: bool = True) -> dict:
+    """Search threshold and post-processing on the run's held-out volumes with the exact
+    metric; saves the best in ``RUN/tuned.yaml``, which ``predict`` then uses.
+
+    The probability maps (with the TTA ``predict`` uses, or ``tta``) are cached in
+    ``RUN/tune/`` and reused while the checkpoint stays the same."""
+    import json
+
+    import numpy as np
+
+    from .checkpoint import load_checkpoint
+    from .data.layout import list_volumes
+    from .engine.log import say
+    from .inference.predict import predict_probabilities
+    from .inference.tune import best_trial, save_tuned, tune as search
+
+    root = RunDir(run)
+    if not root.record_path.is_file():
+        raise DataError(f"{root.root}: not a trained run (no run.json); train it first or give the run folder")
+    record = json.loads(root.record_path.read_text())
+    data = Path(data or record["data"])
+    val_ids = set(record.get("val_ids") or [])
+    refs = [r for r in list_volumes(data, "train") if r.id in val_ids]
+    if not refs:
+        raise DataError(f"{root.root}: the run held out no volume of {data} (train with data.val_fraction > 0 or data.folds)")
+    checkpoint = resolve_checkpoint(root.root)
+    ckpt = load_checkpoint(checkpoint)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    models, cfg = load_predictor(checkpoint, device, {"tta": tta} if tta is not None else None, use_tuned=False)
+    cache = root.root / "tune"
+    meta = {"checkpoint": str(checkpoint), "step": int(ckpt["step"]), "tta": bool(cfg.inference.tta), "ids": sorted(val_ids)}
+    meta_path = cache / "probabilities.json"
+    if not (meta_path.is_file() and json.loads(meta_path.read_text()) == meta):
+        cache.mkdir(parents=True, exist_ok=True)
+        meta_path.unlink(missing_ok=True)
+        volumes = ((ref, image, None) for ref, image in read_ahead(refs, lambda r: r.image, cfg.data.max_voxels))
+        for ref, prob in predict_probabilities(models, volumes, cfg, device):
+            np.save(cache / f"{ref.id}.npy", prob.astype(np.float16))
+        meta_path.write_text(json.dumps(meta))
+    pairs = [(cache / f"{r.id}.npy", r.label) for r in refs]
+    workers = workers or max(1, min(4, os.cpu_count() or 1))
+    say(f"tuning on {len(refs)} held-out volumes of {data} with {workers} worker(s), checkpoint {checkpoint} (step {meta['step']})", progress)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(desc="tune", unit="setting")
+    trials = search(pairs, cfg.inference, workers, progress=(lambda t: bar.update(1)) if bar is not None else None)
+    if bar is not None:
+        bar.close()
+    best = best_trial(trials)
+    start = trials[0]
+    path = save_tuned(root.root, best, {"checkpoint": str(checkpoint), "step": meta["step"], "tta": meta["tta"]})
+    return {"trials": trials, "best": best, "start": start, "path": path}
 
 
 def score(labels: Path | str, pred: Path | str, workers: int = 1) -> dict:

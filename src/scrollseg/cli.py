@@ -41,8 +41,25 @@ def cmd_predict(args) -> None:
         overrides["tta"] = args.tta
     if args.threshold is not None:
         overrides["threshold"] = args.threshold
-    out = predict(args.checkpoint, args.images, args.out, args.csv, args.device, overrides, devices=args.devices)
+    checkpoints = args.checkpoint if len(args.checkpoint) > 1 else args.checkpoint[0]
+    out = predict(checkpoints, args.images, args.out, args.csv, args.device, overrides, devices=args.devices, use_tuned=args.tuned)
     print(f"wrote {out}")
+
+
+def cmd_tune(args) -> None:
+    from .api import tune
+
+    result = tune(args.run, args.data, args.workers, args.tta)
+    trials = sorted(result["trials"], key=lambda t: -t.scores["leaderboard"])
+    print(f"{'leaderboard':>11} {'topo':>6} {'sdice':>6} {'voi':>6} {'s':>5}  settings")
+    for t in trials[: args.top] + ([result["start"]] if result["start"] not in trials[: args.top] else []):
+        mark = "  (as trained)" if t is result["start"] else ""
+        sc = t.scores
+        settings = ", ".join(f"{k}={v}" for k, v in t.settings.items())
+        print(f"{sc['leaderboard']:11.4f} {sc['topo']:6.3f} {sc['surface_dice']:6.3f} {sc['voi_score']:6.3f} {t.seconds:5.1f}  {settings}{mark}")
+    best, start = result["best"].scores["leaderboard"], result["start"].scores["leaderboard"]
+    print(f"best {best:.4f} (as trained {start:.4f}, {best - start:+.4f}) over {len(result['trials'])} settings; saved in {result['path']}; "
+          f"predict uses it unless given --no-tuned")
 
 
 def cmd_score(args) -> None:
@@ -111,7 +128,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("predict", help="predict test volumes into submission.zip")
-    p.add_argument("checkpoint", help="run folder or .pt file")
+    p.add_argument("checkpoint", nargs="+", help="run folder or .pt file; several: an ensemble averaging their probabilities")
     p.add_argument("images", help="test_images folder or dataset root")
     p.add_argument("--out", default="submission.zip")
     p.add_argument("--csv", help="test.csv listing the ids that must be present")
@@ -119,7 +136,17 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", default="1", help="processes to spread the volumes over: a number or 'auto' (every GPU)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--threshold", type=float)
+    p.add_argument("--tuned", action=argparse.BooleanOptionalAction, default=True,
+                   help="use the settings `scrollseg tune` saved in the (first) run (default: yes)")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("tune", help="choose threshold and post-processing on the run's held-out volumes by the exact metric")
+    p.add_argument("run", help="a trained run folder")
+    p.add_argument("--data", help="dataset root (default: the one the run was trained on)")
+    p.add_argument("--workers", type=int, help="scoring processes (default: up to 4, one per CPU core)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="flip TTA for the probabilities (default: as predict uses)")
+    p.add_argument("--top", type=int, default=10, help="rows of the table (default: 10)")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("score", help="leaderboard metric of predictions against labels")
     p.add_argument("labels", help="folder of <id>.tif labels")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-MEASURE_STEPS = 10  # steps timed for the estimate (after the first two, which warm caches up)
+MEASURE_STEPS = 10  # steps timed for the estimate at most (fewer when the LR warm-up is shorter)
 SAFETY = 0.95  # share of the remaining time that is planned for
 
 

@@ -153,6 +153,7 @@ class Trainer:
         self.scorer = BackgroundScorer() if self.main and background_scoring(cfg, self.device) else None
         self.clock = Clock(cfg.train.minutes, cfg.train.time_limit, cfg.train.checkpoint_minutes)
         self.stop_reason = ""
+        self._validated_at = -1
 
     # ---- the loop
     def run(self) -> TrainResult:
@@ -161,18 +162,21 @@ class Trainer:
         with StopSignals() as signals, GpuMonitor() as self.gpus:
             self.batches = self._open_batches()
             window, self.totals = LogWindow(), {"wait": 0.0, "time": 0.0}
-            self._measure_from = (self.state.step + 2, None)  # (step, time): the first steps of a session warm caches up
+            # timed from the second step of the session (the first warms caches up); planned before
+            # the warm-up ends, so every step after it follows the planned schedule
+            self._measure_from = (self.state.step + 1, None)
+            plan_at = max(self.state.step + 2, min(self.state.step + 1 + MEASURE_STEPS, self.cfg.optim.warmup_steps))
             while self.state.step < self.total_steps and not self.stop_reason:
                 lr = learning_rate(self.state.step, self.total_steps, self.cfg.optim)
                 result = self.step(lr, window)
                 if result is None:  # out of memory: retried with half the micro-batch
                     continue
                 window.add(result.loss, result.grad_norm)
-                if self.state.step == self._measure_from[0] + MEASURE_STEPS and self.total_steps == UNPLANNED:
+                if self.state.step == plan_at and self.total_steps == UNPLANNED:
                     self._plan_steps()
                 if self._due(self.cfg.train.log_every):
                     window = self._log_progress(window, lr)
-                if self.val_volumes and self._due(self.cfg.train.val_every):
+                if self.val_volumes and self._due(self.cfg.train.val_every) and self._validated_at != self.state.step:
                     self.validate()
                 self._collect_scores(wait=False)
                 self.stop_reason = self._stop_requested(signals)
@@ -270,7 +274,7 @@ class Trainer:
     # ---- validation
     def validate(self) -> None:
         """Predict the held-out volumes; score them here or hand them to the scoring process."""
-        step = self.state.step
+        step = self._validated_at = self.state.step
         if self.main:
             masks = validation_masks(self.ema.model if self.ema else self.model, self.val_volumes, self.cfg, self.device)
             labels = [np.asarray(v.label) for v in self.val_volumes]

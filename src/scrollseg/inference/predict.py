@@ -36,14 +36,16 @@ def load_model(checkpoint: Path | str, device: torch.device) -> tuple[torch.nn.M
 
 
 def probability_map(
-    model: torch.nn.Module,
+    model: torch.nn.Module | Sequence[torch.nn.Module],
     image: np.ndarray,
     cfg: InferenceConfig,
     tile: list[int],
     device: torch.device,
     stats: tuple[float, float] | None = None,
 ) -> np.ndarray:
-    """Surface probability [D, H, W] float32 of a uint8 volume."""
+    """Surface probability [D, H, W] float32 of a uint8 volume. With several models (an
+    ensemble) each batch of tiles goes through every model and the probabilities are averaged."""
+    models = [model] if isinstance(model, torch.nn.Module) else list(model)
     mean, std = stats or intensity_stats(image)
     volume = ((torch.from_numpy(np.array(image, dtype=np.uint8)).float() / 255.0 - mean) / std).unsqueeze(0)
     precision = resolve_precision("auto", device)
@@ -51,7 +53,7 @@ def probability_map(
     @torch.inference_mode()
     def predict(batch: torch.Tensor) -> torch.Tensor:
         with precision.autocast():
-            return torch.sigmoid(model(batch).float())
+            return torch.stack([torch.sigmoid(m(batch).float()) for m in models]).mean(0)
 
     predictor = with_flip_tta(predict) if cfg.tta else predict
     batch_size = cfg.tile_batch
@@ -75,18 +77,22 @@ def to_mask(prob: np.ndarray, cfg: InferenceConfig) -> np.ndarray:
     return postprocess(prob, cfg)
 
 
-def predict_probabilities(model: torch.nn.Module, volumes: Iterable[VolumeItem], cfg: Config, device: torch.device) -> Iterator[tuple[object, np.ndarray]]:
+def predict_probabilities(model: torch.nn.Module | Sequence[torch.nn.Module], volumes: Iterable[VolumeItem], cfg: Config,
+                          device: torch.device) -> Iterator[tuple[object, np.ndarray]]:
     """``(key, probability map)`` for each volume, with ``cfg.inference`` (TTA included)."""
-    was_training = model.training
-    model.eval()
+    models = [model] if isinstance(model, torch.nn.Module) else list(model)
+    was_training = [m.training for m in models]
+    for m in models:
+        m.eval()
     try:
         for key, image, stats in volumes:
-            yield key, probability_map(model, image, cfg.inference, cfg.tile_size(), device, stats)
+            yield key, probability_map(models, image, cfg.inference, cfg.tile_size(), device, stats)
     finally:
-        model.train(was_training)
+        for m, mode in zip(models, was_training):
+            m.train(mode)
 
 
-def predict_masks(model: torch.nn.Module, volumes: Iterable[VolumeItem], cfg: Config, device: torch.device) -> Iterator[tuple[object, np.ndarray]]:
+def predict_masks(model: torch.nn.Module | Sequence[torch.nn.Module], volumes: Iterable[VolumeItem], cfg: Config, device: torch.device) -> Iterator[tuple[object, np.ndarray]]:
     """``(key, uint8 mask)`` for each volume: probability map, threshold, post-processing."""
     for key, prob in predict_probabilities(model, volumes, cfg, device):
         yield key, to_mask(prob, cfg.inference)
