@@ -27,6 +27,13 @@ def cmd_train(args) -> None:
     # the flags are shorthands for train.* overrides
     flags = ("steps", "minutes", "seed", "checkpoint_minutes", "checkpoint_steps", "time_limit")
     overrides = list(args.overrides) + [f"train.{f}={getattr(args, f)}" for f in flags if getattr(args, f) is not None]
+    if args.minutes is not None and args.steps is None:
+        overrides.append("train.steps=0")  # a time budget without a step count: plan the steps to fit it
+    if args.fold:
+        k, _, n = args.fold.partition("/")
+        if not (k.isdigit() and n.isdigit()):
+            raise ScrollsegError(f"--fold {args.fold!r}: write it as K/N, e.g. --fold 0/5")
+        overrides += [f"data.fold={k}", f"data.folds={n}"]
     result = train(args.preset, args.data, args.run, devices=args.devices, strategy=args.strategy, overrides=overrides,
                    allow_change=tuple(args.allow_change))
     if result is not None and result.stop_reason not in ("steps", "minutes"):
@@ -114,7 +121,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="dataset root in the competition layout")
     p.add_argument("run", help="run folder; an existing one is resumed")
     p.add_argument("--preset", help="preset name or .yaml file (default: the run's saved config, else 'default')")
-    p.add_argument("--minutes", type=float, help="wall-clock bound of this training")
+    p.add_argument("--minutes", type=float, help="wall-clock bound of this training; without --steps the step count "
+                   "(and so the LR schedule) is fitted to it after a measured warm-up")
+    p.add_argument("--fold", metavar="K/N", help="train fold K of an N-fold split (by scroll where there are N scrolls), e.g. 0/5")
     p.add_argument("--steps", type=int, help="number of optimizer steps")
     p.add_argument("--seed", type=int)
     p.add_argument("--checkpoint-minutes", type=float)
