@@ -36,15 +36,30 @@ class DataConfig:
 
 @dataclass
 class AugmentConfig:
-    flip: bool = True
-    rot90: bool = True
-    intensity_scale: float = 0.15  # multiply by U(1 - s, 1 + s)
-    intensity_shift: float = 0.1  # add U(-s, s) standard deviations
-    gamma: float = 0.3  # gamma in U(1 - g, 1 + g), applied on the [0, 1] range
-    noise_std: float = 0.05
-    spatial_prob: float = 0.0  # share of samples also rotated in-plane and scaled (resampled on the device)
-    rotation_deg: float = 15.0  # rotation in U(-r, r) degrees about the depth axis
-    scale_range: float = 0.15  # isotropic zoom in U(1 - s, 1 + s)
+    """Training augmentation; the defaults are nnU-Net v2's (``get_training_transforms``)."""
+
+    # spatial: one resampling from the centre of an enlarged crop (see data.augment.spatial_crop_size)
+    rotation_prob: float = 0.2  # share of samples rotated about all three axes
+    rotation_deg: float = 30.0  # each of the three angles in U(-r, r)
+    scale_prob: float = 0.2  # share of samples scaled (isotropically)
+    scale_range: list[float] = field(default_factory=lambda: [0.7, 1.4])  # field-of-view factor; > 1 shows more, smaller
+    crop_cap: float = 2.0  # the enlarged crop is at most this multiple of the patch per axis
+    mirror_prob: float = 0.5  # per axis
+    rot90: bool = False  # also turn by a random multiple of 90 degrees in the (H, W) plane when it is square
+    # intensity, applied in this order
+    noise_prob: float = 0.1
+    noise_std: list[float] = field(default_factory=lambda: [0.0, 0.1])  # nnU-Net's "noise_variance", used as the std
+    blur_prob: float = 0.1  # nnU-Net: 0.2 x p_per_channel 0.5 for one channel
+    blur_sigma: list[float] = field(default_factory=lambda: [0.5, 1.0])  # drawn per axis, in voxels
+    brightness_prob: float = 0.15
+    brightness_range: list[float] = field(default_factory=lambda: [0.75, 1.25])  # multiplier
+    contrast_prob: float = 0.15
+    contrast_range: list[float] = field(default_factory=lambda: [0.75, 1.25])  # about the mean, within the old range
+    lowres_prob: float = 0.125  # nnU-Net: 0.25 x p_per_channel 0.5 for one channel
+    lowres_zoom: list[float] = field(default_factory=lambda: [0.5, 1.0])  # nearest down to this size, trilinear back
+    inverted_gamma_prob: float = 0.1  # gamma of the negated image
+    gamma_prob: float = 0.3
+    gamma_range: list[float] = field(default_factory=lambda: [0.7, 1.5])  # mean and std are kept
 
 
 @dataclass
@@ -272,7 +287,17 @@ def validate(cfg: Config) -> None:
     need(cfg.optim.accumulation >= 1, "optim.accumulation must be at least 1")
     need(cfg.train.precision in ("auto", "bf16", "fp16", "fp32"), "train.precision must be auto, bf16, fp16 or fp32")
     need(0.0 <= cfg.inference.overlap < 1.0, "inference.overlap must lie in [0, 1)")
-    need(0.0 <= cfg.augment.spatial_prob <= 1.0, "augment.spatial_prob must lie in [0, 1]")
+    aug = cfg.augment
+    for name in ("rotation", "scale", "mirror", "noise", "blur", "brightness", "contrast", "lowres", "inverted_gamma", "gamma"):
+        need(0.0 <= getattr(aug, f"{name}_prob") <= 1.0, f"augment.{name}_prob must lie in [0, 1]")
+    for name, low_may_be_zero in (("scale_range", False), ("noise_std", True), ("blur_sigma", False), ("brightness_range", True),
+                                  ("contrast_range", True), ("lowres_zoom", False), ("gamma_range", False)):
+        bounds = getattr(aug, name)
+        ok = len(bounds) == 2 and 0.0 <= bounds[0] <= bounds[1] and (low_may_be_zero or bounds[0] > 0)
+        need(ok, f"augment.{name} needs [low, high] with {'0 <=' if low_may_be_zero else '0 <'} low <= high, got {bounds}")
+    need(aug.lowres_zoom[1] <= 1.0, f"augment.lowres_zoom must lie in (0, 1], got {aug.lowres_zoom}")
+    need(0.0 <= aug.rotation_deg <= 180.0, f"augment.rotation_deg must lie in [0, 180], got {aug.rotation_deg}")
+    need(aug.crop_cap >= 1.0, f"augment.crop_cap must be at least 1 (the patch itself), got {aug.crop_cap}")
     need(cfg.train.compile in ("auto", "on", "off"), "train.compile must be auto, on or off")
     need(cfg.train.val_scoring in ("auto", "background", "inline"), "train.val_scoring must be auto, background or inline")
     need(cfg.train.channels_last in ("auto", "on", "off"), "train.channels_last must be auto, on or off")
