@@ -243,12 +243,12 @@ class Trainer:
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             slot = micro * info.world + info.rank  # as the sampler numbers micro-batches
             gen = torch.Generator().manual_seed(int(np.random.SeedSequence([self.cfg.train.seed, step, slot]).generate_state(1)[0]))
-            x, y = augment_batch(batch["image"], batch["label"], batch["mean"], batch["std"], self.cfg.augment, gen)
+            x, y = augment_batch(batch["image"], batch["label"], batch["mean"], batch["std"], self.cfg.augment, gen, self.cfg.data.patch_size)
             yield to_memory_format(x, self.speed), y
 
     def _open_batches(self):
         sampler = PatchSampler(self.train_volumes, self.cfg.data.patch_size, self.state.micro_batch, self.cfg.data.foreground_fraction,
-                               self.cfg.train.seed, self.info.rank, self.info.world)
+                               self.cfg.train.seed, self.info.rank, self.info.world, self.cfg.augment)
         return iter(make_loader(sampler, self.state.step, self.total_steps, self.state.accumulation, self.cfg.data.num_workers,
                                 self.device.type == "cuda"))
 
