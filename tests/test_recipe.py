@@ -96,12 +96,17 @@ def _refs(n, scrolls):
     return [VolumeRef(f"v{i}", f"s{i % scrolls}", None, None) for i in range(n)]
 
 
-def test_split_is_by_scroll_when_there_are_two_or_more():
-    refs = _refs(12, 3)
-    train_refs, val_refs = split_volumes(refs, DataConfig(val_fraction=0.3), seed=0)
-    assert len({r.scroll_id for r in val_refs}) == 1 and not {r.scroll_id for r in val_refs} & {r.scroll_id for r in train_refs}
-    train_refs, val_refs = split_volumes(_refs(10, 1), DataConfig(val_fraction=0.2), seed=0)
-    assert len(val_refs) == 2 and len(train_refs) == 8  # one scroll: by volume
+@pytest.mark.parametrize("split_by, scrolls, by_scroll", [("auto", 4, True), ("auto", 3, False), ("scroll", 2, True), ("scroll", 1, False),
+                                                          ("volume", 6, False)])
+def test_split_by_scroll_or_volume(split_by, scrolls, by_scroll):
+    refs = _refs(12, scrolls)
+    train_refs, val_refs = split_volumes(refs, DataConfig(val_fraction=0.25, split_by=split_by), seed=0)
+    held_scrolls = {r.scroll_id for r in val_refs}
+    assert sorted(r.id for r in train_refs + val_refs) == sorted(r.id for r in refs) and val_refs
+    if by_scroll:
+        assert len(held_scrolls) == 1 and not held_scrolls & {r.scroll_id for r in train_refs}
+    else:
+        assert len(val_refs) == 3  # a quarter of the volumes
 
 
 @pytest.mark.parametrize("scrolls, folds", [(4, 4), (2, 3)])

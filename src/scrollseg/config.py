@@ -26,7 +26,7 @@ class DataConfig:
     foreground_fraction: float = 0.33  # share of patches centred on a surface voxel
     num_workers: int = 2
     val_fraction: float = 0.2
-    split_by: str = "scroll"  # "scroll" (when the train set has two or more scrolls, else by volume) or "volume"
+    split_by: str = "auto"  # "auto": by scroll when the train set has 4 or more scrolls; "scroll": when 2 or more; "volume"
     folds: int = 0  # > 1: N-fold cross-validation, this run holding out fold ``fold``
     fold: int = 0
     val_ids: list[str] = field(default_factory=list)  # overrides the random split when set
@@ -276,7 +276,7 @@ def validate(cfg: Config) -> None:
     need(len(cfg.model.encoder_blocks) == len(cfg.model.features), "model.encoder_blocks needs one entry per stage")
     need(cfg.data.batch_size >= 1, "data.batch_size must be at least 1")
     need(0.0 <= cfg.data.foreground_fraction <= 1.0, "data.foreground_fraction must lie in [0, 1]")
-    need(cfg.data.split_by in ("volume", "scroll"), "data.split_by must be 'volume' or 'scroll'")
+    need(cfg.data.split_by in ("auto", "volume", "scroll"), "data.split_by must be auto, scroll or volume")
     need(cfg.data.folds == 0 or (cfg.data.folds >= 2 and 0 <= cfg.data.fold < cfg.data.folds),
          f"data.fold {cfg.data.fold} of data.folds {cfg.data.folds}: give folds >= 2 and 0 <= fold < folds (e.g. --fold 0/5)")
     need(cfg.train.steps >= 0, "train.steps must be positive (or 0 with train.minutes: as many as fit)")
