@@ -19,6 +19,7 @@ from .data.io import read_ahead, read_header_shape, read_volume, write_volume
 from .data.layout import VolumeRef, images_in
 from .errors import DataError, ScrollsegError
 from .launch import resolve_devices, run_processes
+from .progress import Progress
 
 
 def resolve_train_config(run: Path | str, config: Config | str | dict | None = None, overrides: list[str] | None = None,
@@ -54,11 +55,12 @@ def train(config: Config | str | dict | None, data: str | Path, run: str | Path,
     rank 0's TrainResult.
     """
     from .engine.trainer import train as train_in_process
+    from .report.live import RunPictures
 
     if strategy not in ("ddp", "dp"):
         raise ScrollsegError(f"strategy {strategy!r}: use 'ddp' or 'dp' (DataParallel)")
     cfg = resolve_train_config(run, config, overrides, tuple(allow_change))
-    args = (data, run, cfg, progress, strategy)
+    args = (data, run, cfg, progress, strategy, (RunPictures(),))
     if "WORLD_SIZE" in os.environ or strategy == "dp":
         return train_in_process(*args)  # torchrun started us, or one DataParallel process
     n = resolve_devices(devices)
@@ -73,11 +75,7 @@ def _mask_stream(checkpoint: Path | str, refs: list[VolumeRef], device: torch.de
     for key, value in (overrides or {}).items():
         setattr(cfg.inference, key, value)
     volumes = ((ref, image, None) for ref, image in read_ahead(refs, lambda r: r.image, cfg.data.max_voxels))
-    if progress:
-        from tqdm import tqdm
-
-        volumes = tqdm(volumes, total=len(refs), desc="predict", unit="vol")
-    yield from predict_masks(model, volumes, cfg, device)
+    yield from predict_masks(model, Progress(volumes, total=len(refs), desc="predict", unit="vol", enabled=progress), cfg, device, progress)
 
 
 def _predict_share(checkpoint, refs: list[VolumeRef], parts: Path, overrides: dict | None) -> None:
@@ -124,8 +122,10 @@ def predict(
     return Path(out)
 
 
-def score(labels: Path | str, pred: Path | str, workers: int = 1) -> dict:
-    """Leaderboard metric of a folder or zip of predictions against a folder of labels."""
+def score(labels: Path | str, pred: Path | str, workers: int = 1, explain: Path | str | None = None, progress: bool = True) -> dict:
+    """Leaderboard metric of a folder or zip of predictions against a folder of labels;
+    ``explain``: a folder that gets, per volume, the metric's error maps, counts and a picture."""
     from .metrics.evaluate import score_predictions
+    from .report.error_maps import ExplainInto
 
-    return score_predictions(labels, pred, workers)
+    return score_predictions(labels, pred, workers, ExplainInto.beside_labels(explain, labels) if explain else None, progress)
