@@ -21,11 +21,11 @@ from .errors import ConfigError
 
 @dataclass
 class DataConfig:
-    patch_size: list[int] = field(default_factory=lambda: [128, 128, 128])
+    patch_size: list[int] = field(default_factory=lambda: [128, 128, 128])  # training patch (D, H, W); divisible by 2^(stages - 1)
     batch_size: int = 2  # per device and per micro-step
     foreground_fraction: float = 0.33  # share of patches centred on a surface voxel
-    num_workers: int = 2
-    val_fraction: float = 0.2
+    num_workers: int = 2  # loader processes that cut patches; 0: in the training process
+    val_fraction: float = 0.2  # share of volumes (or scrolls) held out for validation
     split_by: str = "volume"  # "volume" or "scroll"
     val_ids: list[str] = field(default_factory=list)  # overrides the random split when set
     cache_dir: str = ""  # empty: RUN/cache
@@ -34,12 +34,12 @@ class DataConfig:
 
 @dataclass
 class AugmentConfig:
-    flip: bool = True
-    rot90: bool = True
+    flip: bool = True  # random flips along each axis
+    rot90: bool = True  # random 90-degree turns in the (H, W) plane (when square)
     intensity_scale: float = 0.15  # multiply by U(1 - s, 1 + s)
     intensity_shift: float = 0.1  # add U(-s, s) standard deviations
     gamma: float = 0.3  # gamma in U(1 - g, 1 + g), applied on the [0, 1] range
-    noise_std: float = 0.05
+    noise_std: float = 0.05  # Gaussian noise, in standard deviations of the normalised image
     spatial_prob: float = 0.0  # share of samples also rotated in-plane and scaled (resampled on the device)
     rotation_deg: float = 15.0  # rotation in U(-r, r) degrees about the depth axis
     scale_range: float = 0.15  # isotropic zoom in U(1 - s, 1 + s)
@@ -47,16 +47,16 @@ class AugmentConfig:
 
 @dataclass
 class ModelConfig:
-    features: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 320, 320])
-    encoder_blocks: list[int] = field(default_factory=lambda: [1, 3, 4, 6, 6, 6])
-    decoder_blocks: int = 1
-    deep_supervision: bool = True
+    features: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 320, 320])  # channels per stage; its length = stages
+    encoder_blocks: list[int] = field(default_factory=lambda: [1, 3, 4, 6, 6, 6])  # residual blocks per encoder stage
+    decoder_blocks: int = 1  # convolution blocks per decoder stage (at least 1)
+    deep_supervision: bool = True  # loss on every decoder resolution (the coarsest weighted 0)
 
 
 @dataclass
 class LossConfig:
-    bce_weight: float = 1.0
-    dice_weight: float = 1.0
+    bce_weight: float = 1.0  # binary cross-entropy term
+    dice_weight: float = 1.0  # soft Dice term
     skeleton_recall_weight: float = 0.0  # 1 - recall of the label's tubed skeleton, full resolution only
     cldice_weight: float = 0.0  # 1 - clDice, full resolution only
     cldice_iterations: int = 3  # soft-skeleton erosion levels of clDice
@@ -65,31 +65,31 @@ class LossConfig:
 @dataclass
 class OptimConfig:
     name: str = "sgd"  # "sgd" (Nesterov) or "adamw"
-    lr: float = 1e-2
-    weight_decay: float = 3e-5
-    momentum: float = 0.99
+    lr: float = 1e-2  # peak learning rate, reached after the warmup
+    weight_decay: float = 3e-5  # L2 penalty (decoupled for adamw)
+    momentum: float = 0.99  # SGD momentum
     schedule: str = "cosine"  # "cosine", "poly" or "constant"
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.01
-    grad_clip: float = 12.0
-    accumulation: int = 1
+    warmup_steps: int = 100  # steps of linear warmup up to lr
+    min_lr_ratio: float = 0.01  # the schedule ends at lr x this
+    grad_clip: float = 12.0  # clip the gradient norm to this; 0: no clipping
+    accumulation: int = 1  # micro-batches per optimizer step (global batch = batch_size x devices x this)
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 100_000
+    steps: int = 100_000  # optimizer steps of the whole run
     minutes: float = 0.0  # 0: no wall-clock bound
-    seed: int = 0
+    seed: int = 0  # seeds the split, the patches, the augmentation and the weights
     precision: str = "auto"  # "auto", "bf16", "fp16" or "fp32"
-    val_every: int = 1000
+    val_every: int = 1000  # validate every this many steps (and at the last)
     val_volumes: int = 4  # at most this many held-out volumes per validation; 0: all
     val_scoring: str = "auto"  # "background" (a CPU process), "inline", or "auto": background on accelerators
-    log_every: int = 20
-    checkpoint_steps: int = 1000
-    checkpoint_minutes: float = 30.0
-    keep_last: int = 2
+    log_every: int = 20  # a metrics.jsonl record and a progress update every this many steps
+    checkpoint_steps: int = 1000  # save a checkpoint every this many steps
+    checkpoint_minutes: float = 30.0  # and every this many minutes; 0: not by time
+    keep_last: int = 2  # step-N.pt files kept besides last, best and final
     time_limit: str = ""  # e.g. "11h45m": checkpoint and stop before this much wall time
-    deterministic: bool = False
+    deterministic: bool = False  # deterministic kernels (slower; bitwise-repeatable runs)
     threads: int = 0  # CPU threads for torch; 0: torch's default
     compile: str = "auto"  # torch.compile: "auto" (on CUDA), "on" or "off"
     channels_last: str = "auto"  # channels_last_3d: "auto" (on CUDA), "on" or "off"
@@ -98,10 +98,10 @@ class TrainConfig:
 @dataclass
 class InferenceConfig:
     tile: list[int] = field(default_factory=list)  # empty: the training patch size
-    overlap: float = 0.5
-    tile_batch: int = 4
-    tta: bool = False
-    threshold: float = 0.5
+    overlap: float = 0.5  # share of a tile shared with its neighbour in the sliding window
+    tile_batch: int = 4  # tiles predicted at once
+    tta: bool = False  # average over the 8 flips (8x slower)
+    threshold: float = 0.5  # probability above which a voxel is surface
     hysteresis_low: float = 0.0  # > 0: keep components above it that reach ``threshold``
     min_component: int = 64  # 26-connected components smaller than this are removed
 
