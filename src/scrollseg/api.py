@@ -19,6 +19,7 @@ from .data.io import read_ahead, read_header_shape, read_volume, write_volume
 from .data.layout import VolumeRef, images_in
 from .errors import DataError, ScrollsegError
 from .launch import resolve_devices, run_processes
+from .progress import Progress
 
 
 def resolve_train_config(run: Path | str, config: Config | str | dict | None = None, overrides: list[str] | None = None,
@@ -54,11 +55,12 @@ def train(config: Config | str | dict | None, data: str | Path, run: str | Path,
     rank 0's TrainResult.
     """
     from .engine.trainer import train as train_in_process
+    from .report.live import RunPictures
 
     if strategy not in ("ddp", "dp"):
         raise ScrollsegError(f"strategy {strategy!r}: use 'ddp' or 'dp' (DataParallel)")
     cfg = resolve_train_config(run, config, overrides, tuple(allow_change))
-    args = (data, run, cfg, progress, strategy)
+    args = (data, run, cfg, progress, strategy, (RunPictures(),))
     if "WORLD_SIZE" in os.environ or strategy == "dp":
         return train_in_process(*args)  # torchrun started us, or one DataParallel process
     n = resolve_devices(devices)
@@ -108,11 +110,7 @@ def _mask_stream(checkpoints, refs: list[VolumeRef], device: torch.device, overr
 
     models, cfg = load_predictor(checkpoints, device, overrides, use_tuned, say if progress else None)
     volumes = ((ref, image, None) for ref, image in read_ahead(refs, lambda r: r.image, cfg.data.max_voxels))
-    if progress:
-        from tqdm import tqdm
-
-        volumes = tqdm(volumes, total=len(refs), desc="predict", unit="vol")
-    yield from predict_masks(models, volumes, cfg, device)
+    yield from predict_masks(models, Progress(volumes, total=len(refs), desc="predict", unit="vol", enabled=progress), cfg, device, progress)
 
 
 def _predict_share(checkpoints, refs: list[VolumeRef], parts: Path, overrides: dict | None, use_tuned: bool) -> None:
@@ -209,22 +207,18 @@ def tune(run: Path | str, data: Path | str | None = None, workers: int | None = 
     pairs = [(cache / f"{r.id}.npy", r.label) for r in refs]
     workers = workers or max(1, min(4, os.cpu_count() or 1))
     say(f"tuning on {len(refs)} held-out volumes of {data} with {workers} worker(s), checkpoint {checkpoint} (step {meta['step']})", progress)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(desc="tune", unit="setting")
-    trials = search(pairs, cfg.inference, workers, progress=(lambda t: bar.update(1)) if bar is not None else None)
-    if bar is not None:
-        bar.close()
+    with Progress(total=None, desc="tune", unit="setting", enabled=progress) as bar:
+        trials = search(pairs, cfg.inference, workers, progress=lambda trial: bar.update(1))
     best = best_trial(trials)
     start = trials[0]
     path = save_tuned(root.root, best, {"checkpoint": str(checkpoint), "step": meta["step"], "tta": meta["tta"]})
     return {"trials": trials, "best": best, "start": start, "path": path}
 
 
-def score(labels: Path | str, pred: Path | str, workers: int = 1) -> dict:
-    """Leaderboard metric of a folder or zip of predictions against a folder of labels."""
+def score(labels: Path | str, pred: Path | str, workers: int = 1, explain: Path | str | None = None, progress: bool = True) -> dict:
+    """Leaderboard metric of a folder or zip of predictions against a folder of labels;
+    ``explain``: a folder that gets, per volume, the metric's error maps, counts and a picture."""
     from .metrics.evaluate import score_predictions
+    from .report.error_maps import ExplainInto
 
-    return score_predictions(labels, pred, workers)
+    return score_predictions(labels, pred, workers, ExplainInto.beside_labels(explain, labels) if explain else None, progress)

@@ -73,9 +73,29 @@ def cmd_score(args) -> None:
     from .api import score
     from .metrics.evaluate import format_table, write_reports
 
-    result = score(args.labels, args.pred, args.workers)
+    result = score(args.labels, args.pred, args.workers, explain=args.explain)
     print(format_table(result))
     write_reports(result, args.json, args.csv)
+    if args.explain:
+        print(f"error maps, counts and pictures per volume in {args.explain}/<id>/")
+
+
+def cmd_show(args) -> None:
+    from .report.show import show_volume
+
+    print(f"wrote {show_volume(args.volume, args.label, args.pred, args.out)}")
+
+
+def cmd_report(args) -> None:
+    from .report.html import write_report
+
+    print(f"wrote {write_report(args.run, args.out)}")
+
+
+def cmd_doctor(args) -> None:
+    from .doctor import report
+
+    sys.exit(report(args.data, args.run))
 
 
 def cmd_wheelhouse(args) -> None:
@@ -163,7 +183,25 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--json")
     p.add_argument("--csv")
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--explain", metavar="OUT_DIR", help="write per volume the voxels behind each term of the score (maps, counts, a picture)")
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("show", help="picture of three orthogonal slices: image, label, prediction and errors")
+    p.add_argument("volume", help="image .tif")
+    p.add_argument("--label", help="label .tif")
+    p.add_argument("--pred", help="prediction: a .tif, submission.zip:ID, or a submission.zip holding the volume's id")
+    p.add_argument("--out", help="PNG to write (default: <id>.png)")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("report", help="write RUN/report.html: curves, validation tables, pictures, error maps, config")
+    p.add_argument("run")
+    p.add_argument("--out", help="HTML file to write (default: RUN/report.html)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("doctor", help="versions, hardware, recommended settings; checks a dataset folder")
+    p.add_argument("data", nargs="?", help="dataset root in the competition layout to check")
+    p.add_argument("--run", default=".", help="where the run (and its cache) would go, for the free-disk check")
+    p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("wheelhouse", help="wheels for installing scrollseg offline (e.g. a Kaggle dataset)")
     p.add_argument("out")

@@ -21,14 +21,14 @@ from .errors import ConfigError
 
 @dataclass
 class DataConfig:
-    patch_size: list[int] = field(default_factory=lambda: [128, 128, 128])
+    patch_size: list[int] = field(default_factory=lambda: [128, 128, 128])  # training patch (D, H, W); divisible by 2^(stages - 1)
     batch_size: int = 2  # per device and per micro-step
     foreground_fraction: float = 0.33  # share of patches centred on a surface voxel
-    num_workers: int = 2
-    val_fraction: float = 0.2
+    num_workers: int = 2  # loader processes that cut patches; 0: in the training process
+    val_fraction: float = 0.2  # share of volumes (or scrolls) held out for validation
     split_by: str = "auto"  # "auto": by scroll when the train set has 4 or more scrolls; "scroll": when 2 or more; "volume"
     folds: int = 0  # > 1: N-fold cross-validation, this run holding out fold ``fold``
-    fold: int = 0
+    fold: int = 0  # the fold held out when ``folds`` > 1 (0 .. folds - 1)
     val_ids: list[str] = field(default_factory=list)  # overrides the random split when set
     cache_dir: str = ""  # empty: RUN/cache
     max_voxels: int = 1024**3  # TIFFs announcing more are refused before decoding
@@ -47,33 +47,33 @@ class AugmentConfig:
     mirror_prob: float = 0.5  # per axis
     rot90: bool = False  # also turn by a random multiple of 90 degrees in the (H, W) plane when it is square
     # intensity, applied in this order
-    noise_prob: float = 0.1
+    noise_prob: float = 0.1  # share of samples with Gaussian noise added
     noise_std: list[float] = field(default_factory=lambda: [0.0, 0.1])  # nnU-Net's "noise_variance", used as the std
     blur_prob: float = 0.1  # nnU-Net: 0.2 x p_per_channel 0.5 for one channel
     blur_sigma: list[float] = field(default_factory=lambda: [0.5, 1.0])  # drawn per axis, in voxels
-    brightness_prob: float = 0.15
+    brightness_prob: float = 0.15  # share of samples multiplied by a brightness factor
     brightness_range: list[float] = field(default_factory=lambda: [0.75, 1.25])  # multiplier
-    contrast_prob: float = 0.15
+    contrast_prob: float = 0.15  # share of samples with contrast scaled about the mean
     contrast_range: list[float] = field(default_factory=lambda: [0.75, 1.25])  # about the mean, within the old range
     lowres_prob: float = 0.125  # nnU-Net: 0.25 x p_per_channel 0.5 for one channel
     lowres_zoom: list[float] = field(default_factory=lambda: [0.5, 1.0])  # nearest down to this size, trilinear back
     inverted_gamma_prob: float = 0.1  # gamma of the negated image
-    gamma_prob: float = 0.3
+    gamma_prob: float = 0.3  # share of samples with a gamma curve on the [0, 1] range
     gamma_range: list[float] = field(default_factory=lambda: [0.7, 1.5])  # mean and std are kept
 
 
 @dataclass
 class ModelConfig:
-    features: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 320, 320])
-    encoder_blocks: list[int] = field(default_factory=lambda: [1, 3, 4, 6, 6, 6])
-    decoder_blocks: int = 1
-    deep_supervision: bool = True
+    features: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 320, 320])  # channels per stage; its length = stages
+    encoder_blocks: list[int] = field(default_factory=lambda: [1, 3, 4, 6, 6, 6])  # residual blocks per encoder stage
+    decoder_blocks: int = 1  # convolution blocks per decoder stage (at least 1)
+    deep_supervision: bool = True  # loss on every decoder resolution (the coarsest weighted 0)
 
 
 @dataclass
 class LossConfig:
-    bce_weight: float = 1.0
-    dice_weight: float = 1.0
+    bce_weight: float = 1.0  # binary cross-entropy term
+    dice_weight: float = 1.0  # soft Dice term
     skeleton_recall_weight: float = 0.0  # 1 - recall of the label's tubed skeleton, full resolution only
     cldice_weight: float = 0.0  # 1 - clDice, full resolution only
     cldice_iterations: int = 3  # soft-skeleton erosion levels of clDice
@@ -82,32 +82,32 @@ class LossConfig:
 @dataclass
 class OptimConfig:
     name: str = "sgd"  # "sgd" (Nesterov) or "adamw"
-    lr: float = 1e-2
-    weight_decay: float = 3e-5
-    momentum: float = 0.99
+    lr: float = 1e-2  # peak learning rate, reached after the warmup
+    weight_decay: float = 3e-5  # L2 penalty (decoupled for adamw)
+    momentum: float = 0.99  # SGD momentum
     schedule: str = "cosine"  # "cosine", "poly" or "constant"
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.01
-    grad_clip: float = 12.0
-    accumulation: int = 1
+    warmup_steps: int = 100  # steps of linear warmup up to lr
+    min_lr_ratio: float = 0.01  # the schedule ends at lr x this
+    grad_clip: float = 12.0  # clip the gradient norm to this; 0: no clipping
+    accumulation: int = 1  # micro-batches per optimizer step (global batch = batch_size x devices x this)
 
 
 @dataclass
 class TrainConfig:
     steps: int = 100_000  # 0: as many as fit in ``minutes``, fixed after a measured warm-up
     minutes: float = 0.0  # 0: no wall-clock bound
-    seed: int = 0
+    seed: int = 0  # seeds the split, the patches, the augmentation and the weights
     precision: str = "auto"  # "auto", "bf16", "fp16" or "fp32"
-    val_every: int = 1000
+    val_every: int = 1000  # validate every this many steps (and at the last)
     val_volumes: int = 0  # at most this many held-out volumes per validation; 0: all
     ema_decay: float = 0.0  # > 0: keep an exponential moving average of the weights, validated and used for prediction
     val_scoring: str = "auto"  # "background" (a CPU process), "inline", or "auto": background on accelerators
-    log_every: int = 20
-    checkpoint_steps: int = 1000
-    checkpoint_minutes: float = 30.0
-    keep_last: int = 2
+    log_every: int = 20  # a metrics.jsonl record and a progress update every this many steps
+    checkpoint_steps: int = 1000  # save a checkpoint every this many steps
+    checkpoint_minutes: float = 30.0  # and every this many minutes; 0: not by time
+    keep_last: int = 2  # step-N.pt files kept besides last, best and final
     time_limit: str = ""  # e.g. "11h45m": checkpoint and stop before this much wall time
-    deterministic: bool = False
+    deterministic: bool = False  # deterministic kernels (slower; bitwise-repeatable runs)
     threads: int = 0  # CPU threads for torch; 0: torch's default
     compile: str = "auto"  # torch.compile: "auto" (on CUDA), "on" or "off"
     channels_last: str = "auto"  # channels_last_3d: "auto" (on CUDA), "on" or "off"
@@ -116,14 +116,13 @@ class TrainConfig:
 @dataclass
 class InferenceConfig:
     tile: list[int] = field(default_factory=list)  # empty: the training patch size
-    overlap: float = 0.5
-    tile_batch: int = 4
-    tta: bool = False
-    threshold: float = 0.5
+    overlap: float = 0.5  # share of a tile shared with its neighbour in the sliding window
+    tile_batch: int = 4  # tiles predicted at once
+    tta: bool = False  # average over the 8 flips (8x slower)
+    threshold: float = 0.5  # probability above which a voxel is surface
     hysteresis_low: float = 0.0  # > 0: keep components above it that reach ``threshold``
     min_component: int = 64  # remove_dust: 6-connected components smaller than this are removed
-    # steps after thresholding, in order; names from POSTPROCESS_STEPS
-    postprocess: list[str] = field(default_factory=lambda: ["remove_dust"])
+    postprocess: list[str] = field(default_factory=lambda: ["remove_dust"])  # steps after thresholding, in order: remove_dust, plug_holes, close_sheets, fill_cavities
     hole_max: int = 16  # plug_holes: largest hole filled, in voxels of one slice
     close_radius: list[int] = field(default_factory=lambda: [1, 1, 1])  # close_sheets: box radius (z, y, x)
 

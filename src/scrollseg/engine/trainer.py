@@ -34,14 +34,17 @@ from ..errors import DataError, ScrollsegError
 from ..losses import segmentation_loss
 from ..models import build_model
 from ..precision import resolve_precision
+from ..progress import Progress
 from .budget import MEASURE_STEPS, steps_that_fit
 from .deadline import Clock, StopSignals
 from .ema import WeightAverage
-from .log import MetricsLog, say
+from .log import MetricsLog, TrainConsole, say
 from .monitor import GpuMonitor
+from .observer import RunObserver, notify
 from .schedule import learning_rate
 from .speed import resolve_speed, speed_up, to_memory_format
 from .step import optimizer_step
+from .summary import run_summary, summary_lines, write_summary
 from .validation import BackgroundScorer, score_pairs, validation_masks
 
 
@@ -128,13 +131,15 @@ class Trainer:
     """Train (or resume) the run in ``run_dir``, as one rank of a process group when the
     environment says so. ``strategy="dp"`` wraps the model in DataParallel instead."""
 
-    def __init__(self, data_dir: Path | str, run_dir: Path | str, cfg: Config, progress: bool = True, strategy: str = "ddp"):
-        self.cfg, self.data_dir, self.progress = cfg, data_dir, progress
+    def __init__(self, data_dir: Path | str, run_dir: Path | str, cfg: Config, progress: bool = True, strategy: str = "ddp",
+                 observers: tuple[RunObserver, ...] = ()):
+        self.cfg, self.data_dir, self.progress, self.observers = cfg, data_dir, progress, tuple(observers)
         self.info = dist.from_environment()
         self.device = dist.init(self.info)
         self.main = self.info.is_main
         self.run_dir = RunDir(run_dir)
         self.log = MetricsLog(self.run_dir.metrics_path, enabled=self.main)
+        self.console = TrainConsole(self.run_dir.root / "train.log", cfg.train.steps or None, show=progress, enabled=self.main)
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
         if cfg.train.deterministic:
@@ -208,6 +213,7 @@ class Trainer:
                         "validation_s": validation_s, "checkpoint_s": checkpoint_s})
         say(f"time budget: {self.state.planned_steps} steps fit ({step_s:.3f} s a step, {validation_s:.1f} s a validation)", self.main)
         self.checkpoint()  # the plan is part of the run from here on: a resume keeps it
+        self.console.set_total(self.state.planned_steps)
 
     def _due(self, every: int) -> bool:
         return self.state.step % every == 0 or self.state.step == self.total_steps
@@ -278,18 +284,21 @@ class Trainer:
         if self.main:
             masks = validation_masks(self.ema.model if self.ema else self.model, self.val_volumes, self.cfg, self.device)
             labels = [np.asarray(v.label) for v in self.val_volumes]
+            ids = [v.id for v in self.val_volumes]
+            notify(self.observers, "validated", self.run_dir.root, step, self.val_volumes, masks)
             if self.scorer is None:
-                if self._record_validation(step, score_pairs(labels, masks)):
+                if self._record_validation(step, score_pairs(labels, masks, ids)):
                     self.run_dir.save_best(self._checkpoint_dict({"0": own_rng_state()} if not self.info.enabled else {}))
             else:
                 self.run_dir.save_candidate(self._checkpoint_dict({"0": own_rng_state()} if not self.info.enabled else {}), step)
-                self.scorer.submit(step, labels, masks)
+                self.scorer.submit(step, labels, masks, ids)
         dist.barrier(self.info)
 
     def _record_validation(self, at_step: int, scores: dict) -> bool:
         """Log a validation; whether it is the best so far."""
         self.log.write({"step": at_step, **scores})
         say(f"step {at_step:>6} validation leaderboard {scores['val/leaderboard']:.4f}", self.main)
+        notify(self.observers, "scored", self.run_dir.root, at_step, scores)
         if self.state.best_score is None or scores["val/leaderboard"] > self.state.best_score:
             self.state.best_score = scores["val/leaderboard"]
             return True
@@ -340,6 +349,7 @@ class Trainer:
             self.log.truncate_after(self.state.step)
             say(f"resuming {self.run_dir.root} at step {self.state.step}" + (f" (rank {self.info.rank})" if self.info.enabled else ""))
         dist.barrier(self.info)
+        self.console.set_total(None if self.total_steps == UNPLANNED else self.total_steps)
         if self.state.step >= self.total_steps:
             self.stop_reason = "steps"
 
@@ -364,7 +374,7 @@ class Trainer:
                                                             "train_ids": [r.id for r in train_refs], "val_ids": [r.id for r in val_refs]}, indent=1))
         cache = VolumeCache(self.cfg.data.cache_dir or self.run_dir.root / "cache", self.cfg.data.max_voxels)
         if self.main:  # rank 0 decodes the TIFFs; the others wait and then memory-map the same files
-            for ref in refs:
+            for ref in Progress(refs, desc="cache", unit="vol", enabled=self.progress, leave=False):
                 cache.load(ref)
         dist.barrier(self.info)
         return [cache.load(r) for r in train_refs], [cache.load(r) for r in val_refs][: self.cfg.train.val_volumes or None]
@@ -406,9 +416,7 @@ class Trainer:
         self.totals["time"] += elapsed
         self.state.history.append({"step": self.state.step, "loss": record["loss"]})
         self.log.write(record)
-        total = "?" if self.total_steps == UNPLANNED else self.total_steps
-        say(f"step {self.state.step:>6}/{total} loss {record['loss']:.4f} lr {lr:.2e} {record['samples_per_s']:.1f} samples/s "
-            f"data-wait {record['data_wait']:.0%}", self.main and self.progress)
+        self.console.update(record, window.steps)
         return LogWindow()
 
     def _stop_requested(self, signals: StopSignals) -> str:
@@ -418,6 +426,7 @@ class Trainer:
 
     def _finish(self) -> TrainResult:
         self.batches = None
+        self.console.stop_bar()
         step = self.state.step
         if step >= self.total_steps:
             self.stop_reason = "steps"
@@ -429,15 +438,22 @@ class Trainer:
         if getattr(self, "totals", None) and self.totals["time"] > 0:
             summary = {"data_wait": self.totals["wait"] / self.totals["time"], **self.gpus.summary()}
             self.log.write({"step": step, "event": "summary", **summary})
-            say("run summary: " + ", ".join(f"{k} {v:.3g}" for k, v in summary.items()), self.main and self.progress)
         if self.stop_reason in ("time-limit", "peer") or self.stop_reason.startswith("SIG"):
             say(f"stopped at step {step} ({self.stop_reason}); checkpoint saved. Resume with the same command: "
                 f"scrollseg train {self.data_dir} {self.run_dir.root}", self.main)
+        if self.main:
+            end = run_summary(self.run_dir.root, self.data_dir, self.log.read(), step, self.total_steps, self.stop_reason,
+                              self.clock.elapsed(), self.gpus.summary())
+            write_summary(self.run_dir.root / "summary.json", end)
+            say("\n".join(summary_lines(end)), self.progress)
+            notify(self.observers, "finished", self.run_dir.root, end)
+        self.console.close()
         dist.barrier(self.info)
         dist.shutdown(self.info)
         return TrainResult(self.run_dir.root, step, step >= self.total_steps, self.stop_reason, self.state.best_score)
 
 
-def train(data_dir: Path | str, run_dir: Path | str, cfg: Config, progress: bool = True, strategy: str = "ddp") -> TrainResult:
+def train(data_dir: Path | str, run_dir: Path | str, cfg: Config, progress: bool = True, strategy: str = "ddp",
+          observers: tuple[RunObserver, ...] = ()) -> TrainResult:
     """Train (or resume) in this process; see :class:`Trainer`."""
-    return Trainer(data_dir, run_dir, cfg, progress, strategy).run()
+    return Trainer(data_dir, run_dir, cfg, progress, strategy, observers).run()

@@ -42,9 +42,11 @@ def probability_map(
     tile: list[int],
     device: torch.device,
     stats: tuple[float, float] | None = None,
+    progress: bool = False,
 ) -> np.ndarray:
-    """Surface probability [D, H, W] float32 of a uint8 volume. With several models (an
-    ensemble) each batch of tiles goes through every model and the probabilities are averaged."""
+    """Surface probability [D, H, W] float32 of a uint8 volume; ``progress`` shows its tiles.
+    With several models (an ensemble) each batch of tiles goes through every model and the
+    probabilities are averaged."""
     models = [model] if isinstance(model, torch.nn.Module) else list(model)
     mean, std = stats or intensity_stats(image)
     volume = ((torch.from_numpy(np.array(image, dtype=np.uint8)).float() / 255.0 - mean) / std).unsqueeze(0)
@@ -59,7 +61,7 @@ def probability_map(
     batch_size = cfg.tile_batch
     while True:
         try:
-            prob = sliding_window(volume, predictor, tuple(tile), cfg.overlap, batch_size, device, accumulate_device=device)
+            prob = sliding_window(volume, predictor, tuple(tile), cfg.overlap, batch_size, device, accumulate_device=device, progress=progress)
             break
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
@@ -67,7 +69,7 @@ def probability_map(
                 batch_size //= 2
                 continue
             # one tile at a time still fails: blend on the CPU instead
-            prob = sliding_window(volume, predictor, tuple(tile), cfg.overlap, 1, device, accumulate_device="cpu")
+            prob = sliding_window(volume, predictor, tuple(tile), cfg.overlap, 1, device, accumulate_device="cpu", progress=progress)
             break
     return prob[0].float().cpu().numpy()
 
@@ -78,23 +80,24 @@ def to_mask(prob: np.ndarray, cfg: InferenceConfig) -> np.ndarray:
 
 
 def predict_probabilities(model: torch.nn.Module | Sequence[torch.nn.Module], volumes: Iterable[VolumeItem], cfg: Config,
-                          device: torch.device) -> Iterator[tuple[object, np.ndarray]]:
-    """``(key, probability map)`` for each volume, with ``cfg.inference`` (TTA included)."""
+                          device: torch.device, progress: bool = False) -> Iterator[tuple[object, np.ndarray]]:
+    """``(key, probability map)`` for each volume, with ``cfg.inference`` (TTA included); ``progress`` shows each volume's tiles."""
     models = [model] if isinstance(model, torch.nn.Module) else list(model)
     was_training = [m.training for m in models]
     for m in models:
         m.eval()
     try:
         for key, image, stats in volumes:
-            yield key, probability_map(models, image, cfg.inference, cfg.tile_size(), device, stats)
+            yield key, probability_map(models, image, cfg.inference, cfg.tile_size(), device, stats, progress)
     finally:
         for m, mode in zip(models, was_training):
             m.train(mode)
 
 
-def predict_masks(model: torch.nn.Module | Sequence[torch.nn.Module], volumes: Iterable[VolumeItem], cfg: Config, device: torch.device) -> Iterator[tuple[object, np.ndarray]]:
+def predict_masks(model: torch.nn.Module | Sequence[torch.nn.Module], volumes: Iterable[VolumeItem], cfg: Config, device: torch.device,
+                  progress: bool = False) -> Iterator[tuple[object, np.ndarray]]:
     """``(key, uint8 mask)`` for each volume: probability map, threshold, post-processing."""
-    for key, prob in predict_probabilities(model, volumes, cfg, device):
+    for key, prob in predict_probabilities(model, volumes, cfg, device, progress):
         yield key, to_mask(prob, cfg.inference)
 
 
