@@ -188,6 +188,16 @@ def _claim_slice_holes(holes, n, labels, hole_max, owner):
                 owner[i, j] = _MANY
 
 
+def slice_regions(background: np.ndarray) -> tuple[np.ndarray, int]:
+    """8-connected labels 1..n of a 2D slice's True pixels, and n.
+
+    Labelled as a one-voxel-deep volume with 26-connectivity (the same neighbourhood):
+    cc3d 4.1's 2D 8-connected path gives pixels outside ``background`` labels and a count
+    below the largest label, which made ``plug_holes`` index past its tables."""
+    labels, n = cc3d.connected_components(background[None], connectivity=26, return_N=True, out_dtype=np.uint32)
+    return labels[0], int(n)
+
+
 def plug_holes(mask: np.ndarray, hole_max: int = 16) -> np.ndarray:
     """Fill the small holes that make a sheet's 1-cycles (and small cavities), without joining sheets.
 
@@ -209,7 +219,7 @@ def plug_holes(mask: np.ndarray, hole_max: int = 16) -> np.ndarray:
         background = np.ascontiguousarray(np.moveaxis(~mask, axis, 0))  # slices labelled fastest contiguous
         axis_labels, axis_owner = np.moveaxis(labels, axis, 0), np.moveaxis(owner, axis, 0)
         for i in range(len(background)):
-            holes, n = cc3d.connected_components(background[i], connectivity=8, return_N=True)
+            holes, n = slice_regions(background[i])
             if n:
                 _claim_slice_holes(holes, n, axis_labels[i], hole_max, axis_owner[i])
     return _settle(labels, owner)
