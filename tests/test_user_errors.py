@@ -299,3 +299,8 @@ def test_score_prints_a_legend_under_its_table(small_dataset, capsys):
     legend = "\n".join(lines[4:])
     for column in ("leaderboard", "topo", "F1_0", "sdice", "voi", "split", "merge", '"-"'):
         assert column in legend
+
+
+def test_score_needs_at_least_one_worker(small_dataset, capsys):
+    code, out, err = cli(capsys, "score", small_dataset / "test_labels", small_dataset / "test_labels", "--workers", "0")
+    assert code == 2 and out == "" and one_error(err) == "error: --workers 0: give at least 1 process"
