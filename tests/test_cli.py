@@ -23,7 +23,7 @@ def test_synth_train_predict_score(tmp_path):
     main(["train", str(data), str(run), "--preset", "tiny", "--steps", "6", *tiny_overrides()])
     assert (run / "checkpoints" / "final.pt").is_file()
     sub = tmp_path / "submission.zip"
-    main(["predict", str(run), str(data), "--out", str(sub), "--csv", str(data / "test.csv")])
+    main(["predict", str(run), str(data), "--out", str(sub), "--ids", str(data / "test.csv")])
     with zipfile.ZipFile(sub) as zf:
         assert sorted(zf.namelist()) == ["9000.tif", "9001.tif"]
         mask = read_volume(zf.read("9000.tif"))

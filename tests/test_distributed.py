@@ -38,7 +38,7 @@ def single_process_run(small_dataset, tmp_path_factory):
 
 
 def test_devices_2_equals_one_process(small_dataset, single_process_run, tmp_path):
-    proc = run(["-m", "scrollseg", "train", small_dataset, tmp_path / "ddp", "--preset", "tiny", "--devices", "2", *COMMON])
+    proc = run(["-m", "scrollseg", "train", small_dataset, tmp_path / "ddp", "--preset", "tiny", "--devices", "2", "--strategy", "ddp", *COMMON])
     assert proc.returncode == 0, proc.stderr
     assert "global batch 4 = 2 per device x 2 devices x 1 accumulation" in proc.stderr
     diff = max_weight_difference(single_process_run, tmp_path / "ddp")
@@ -60,7 +60,7 @@ def test_torchrun_equals_one_process(small_dataset, single_process_run, tmp_path
 
 def test_killed_ddp_run_resumes_every_rank_at_the_same_step(small_dataset, tmp_path):
     run_dir = tmp_path / "run"
-    args = [sys.executable, "-m", "scrollseg", "train", str(small_dataset), str(run_dir), "--preset", "tiny", "--devices", "2",
+    args = [sys.executable, "-m", "scrollseg", "train", str(small_dataset), str(run_dir), "--preset", "tiny", "--devices", "2", "--strategy", "ddp",
             "--steps", "400", "--checkpoint-steps", "2", "data.num_workers=0", "train.threads=1"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + 300
@@ -69,7 +69,7 @@ def test_killed_ddp_run_resumes_every_rank_at_the_same_step(small_dataset, tmp_p
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     saved = max(s for s, _ in RunDir(run_dir).step_files())
-    again = run(args[1:4] + args[4:6] + ["--preset", "tiny", "--devices", "2", "--steps", str(saved + 2), "data.num_workers=0", "train.threads=1"])
+    again = run(args[1:4] + args[4:6] + ["--preset", "tiny", "--devices", "2", "--strategy", "ddp", "--steps", str(saved + 2), "data.num_workers=0", "train.threads=1"])
     assert again.returncode == 0, again.stderr
     resumed = [line for line in again.stderr.splitlines() if "resuming" in line]
     assert sorted(resumed) == sorted([f"resuming {run_dir} at step {saved} (rank {r})" for r in range(2)]), again.stderr

@@ -1,23 +1,28 @@
 """The public API: the functions behind the command line and the notebooks.
 
-``train`` resolves the run's config (checking that a resumed run keeps its settings)
-and runs the trainer in this process, in torchrun's process group, or in N forked
-processes; ``predict`` writes a complete submission.zip; ``score`` scores one.
-Everything a user starts goes through here, so each check is made once.
+``train`` resolves the run's config (checking that a resumed run keeps its settings),
+takes the run's lock and runs the trainer in this process, in torchrun's process group,
+or in N forked processes; ``predict`` writes a complete submission.zip; ``score`` scores
+one. Everything a user starts goes through here, so each check is made once, and every
+value is checked before anything is written.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
 
-from .checkpoint import RunDir, resolve_checkpoint
+from .checkpoint import RunDir, RunLock, load_checkpoint, resolve_checkpoint
 from .config import Config, build_config, check_resumable, from_dict, merge, parse_overrides, read_yaml
 from .data.io import read_ahead, read_header_shape, read_volume, write_volume
-from .data.layout import VolumeRef, images_in
-from .errors import DataError, ScrollsegError
+from .data.layout import VolumeRef, dataset_root, images_in
+from .engine.deadline import parse_duration
+from .engine.log import MetricsLog, say
+from .errors import ConfigError, DataError, ScrollsegError
 from .launch import resolve_devices, run_processes
 from .progress import Progress
 
@@ -43,82 +48,156 @@ def resolve_train_config(run: Path | str, config: Config | str | dict | None = N
         wanted = build_config("default", overrides)
     if saved is not None and RunDir(run).resume_candidates():  # a run with nothing saved may start over
         check_resumable(saved, wanted, allow_change, saved_path)
+    try:
+        limit = parse_duration(wanted.train.time_limit)
+    except ConfigError as exc:
+        raise ConfigError(f"train.time_limit (--time-limit): {exc}") from None
+    if limit < 0:
+        raise ConfigError(f"train.time_limit (--time-limit) {wanted.train.time_limit!r} is negative; give a duration like 11h45m")
     return wanted
 
 
-def train(config: Config | str | dict | None, data: str | Path, run: str | Path, devices: int | str = "auto", strategy: str = "ddp",
+def training_processes(devices: int | str, strategy: str | None, cfg: Config) -> int:
+    """How many processes train: at most the visible GPUs; several CPU processes only on request,
+    since each adds a micro-batch to the global batch while the LR stays as configured."""
+    n = resolve_devices(devices)
+    if n > 1 and not torch.cuda.is_available():
+        if strategy is None:
+            raise ScrollsegError(f"--devices {devices}: no GPU is visible, so this would train on {n} CPU processes; "
+                                 f"add --strategy ddp to do that on purpose, or leave out --devices")
+        cores = os.cpu_count() or 1
+        crowded = ", more processes than cores, so each step is slower than in one process" if n > cores else ""
+        global_batch = n * cfg.data.batch_size * cfg.optim.accumulation
+        warnings.warn(f"training on {n} CPU processes ({cores} cores{crowded}): the global batch is {n} x {cfg.data.batch_size} x "
+                      f"{cfg.optim.accumulation} = {global_batch} samples and optim.lr stays {cfg.optim.lr:g}; "
+                      f"set optim.lr (or data.batch_size) if it was tuned for one process", stacklevel=3)
+    return n
+
+
+def finished_run(run: Path | str, cfg: Config):
+    """The result of a run whose newest checkpoint already reached its step count (``cfg.train.steps``,
+    or with a time budget the count the run planned), else None."""
+    from .engine.trainer import TrainResult
+
+    run_dir = RunDir(run)
+    newest = max((step for step, _ in run_dir.step_files()), default=None)
+    if newest is None or (cfg.train.steps and newest < cfg.train.steps):
+        return None
+    ckpt = run_dir.load_newest_valid()
+    total = cfg.train.steps or (ckpt.get("planned_steps") if ckpt else 0)
+    if ckpt is None or not total or ckpt["step"] < total:
+        return None
+    return TrainResult(run_dir.root, ckpt["step"], True, "steps", ckpt.get("best_score"))
+
+
+def train(config: Config | str | dict | None, data: str | Path, run: str | Path, devices: int | str = "auto", strategy: str | None = None,
           overrides: list[str] | None = None, progress: bool = True, allow_change: tuple[str, ...] = ()):
     """Train (or resume) a run: ``scrollseg.train("tiny", "data", "runs/a", devices="auto")``.
 
     ``config`` is a Config, a preset name or .yaml path, a dict, or None for the run's
-    saved config; ``devices`` the number of processes (``"auto"``: every GPU). Returns
-    rank 0's TrainResult.
+    saved config; ``devices`` the number of processes (``"auto"``: every GPU);
+    ``strategy`` "ddp" (the default; needed explicitly for several CPU processes) or
+    "dp". Returns rank 0's TrainResult. A run that another process is training is
+    refused; one that has already reached its steps returns at once.
     """
     from .engine.trainer import train as train_in_process
     from .report.live import RunPictures
 
-    if strategy not in ("ddp", "dp"):
+    if strategy not in (None, "ddp", "dp"):
         raise ScrollsegError(f"strategy {strategy!r}: use 'ddp' or 'dp' (DataParallel)")
+    dataset_root(data)
     cfg = resolve_train_config(run, config, overrides, tuple(allow_change))
-    args = (data, run, cfg, progress, strategy, (RunPictures(),))
-    if "WORLD_SIZE" in os.environ or strategy == "dp":
-        return train_in_process(*args)  # torchrun started us, or one DataParallel process
-    n = resolve_devices(devices)
-    return train_in_process(*args) if n == 1 else run_processes(train_in_process, args, n)
+    torchrun = "WORLD_SIZE" in os.environ
+    n = 1 if torchrun or strategy == "dp" else training_processes(devices, strategy, cfg)
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    # rank 0 of torchrun, or this process, whose forked workers share its lock
+    with RunLock(run) if main_rank else contextlib.nullcontext():
+        done = finished_run(run, cfg)
+        if done is not None:
+            say(f"{run}: already finished at step {done.step}; use --steps M with M > {done.step} to train further", main_rank)
+            return done
+        args = (data, run, cfg, progress, strategy or "ddp", (RunPictures(),))
+        return train_in_process(*args) if n == 1 else run_processes(train_in_process, args, n)
 
 
 def _as_list(checkpoints) -> list[Path]:
     return [Path(c) for c in checkpoints] if isinstance(checkpoints, (list, tuple)) else [Path(checkpoints)]
 
 
-def load_predictor(checkpoints, device: torch.device, overrides: dict | None = None, use_tuned: bool = True, say=None):
-    """The models of one or several checkpoints (an ensemble averages them) and the config to
-    predict with: the first checkpoint's, then its run's tuned settings, then ``overrides``."""
-    from .checkpoint import load_checkpoint
-    from .inference.predict import load_model
+def predictor_config(checkpoints, overrides: dict | None = None, use_tuned: bool = True, say=None) -> Config:
+    """The config to predict with, checked: the first checkpoint's, then its run's tuned
+    settings, then ``overrides``. ``say`` reports each checkpoint and the tuned settings."""
     from .inference.tune import tuned_settings
 
-    models, cfg = [], None
+    cfg = None
     for checkpoint in _as_list(checkpoints):
-        model, model_cfg = load_model(checkpoint, device)
-        models.append(model)
-        cfg = cfg or model_cfg
+        path = resolve_checkpoint(checkpoint)
+        ckpt = load_checkpoint(path)
+        cfg = cfg or ckpt["config"]
         if say:
-            path = resolve_checkpoint(checkpoint)
-            meta = load_checkpoint(path)
-            best = meta.get("best_score")
-            say(f"checkpoint {path} (step {meta.get('step')}" + (f", validation score {best:.4f})" if best is not None else ")"))
+            say(describe_checkpoint(path, ckpt))
+    settings: dict = {}
     tuned = tuned_settings(_as_list(checkpoints)[0]) if use_tuned else None
     if tuned:
         settings, path = tuned
-        for key, value in settings.items():
-            setattr(cfg.inference, key, value)
         if say:
             say(f"post-processing tuned in {path}: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
-    for key, value in (overrides or {}).items():
-        setattr(cfg.inference, key, value)
-    from .config import validate
-
-    validate(cfg)
-    return models, cfg
+    return from_dict(merge(cfg, {"inference": {**settings, **(overrides or {})}}))
 
 
-def _mask_stream(checkpoints, refs: list[VolumeRef], device: torch.device, overrides: dict | None, progress: bool, use_tuned: bool = True):
-    """``(ref, mask)`` per volume, decoding the next volumes in a thread meanwhile."""
-    from .engine.log import say
+def _load_models(checkpoints, device: torch.device) -> list[torch.nn.Module]:
+    from .inference.predict import load_model
+
+    return [load_model(checkpoint, device)[0] for checkpoint in _as_list(checkpoints)]
+
+
+def load_predictor(checkpoints, device: torch.device, overrides: dict | None = None, use_tuned: bool = True):
+    """The models of one or several checkpoints (an ensemble averages them) and the config to
+    predict with (see :func:`predictor_config`)."""
+    return _load_models(checkpoints, device), predictor_config(checkpoints, overrides, use_tuned)
+
+
+def _mask_stream(checkpoints, refs: list[VolumeRef], device: torch.device, cfg: Config, progress: bool):
+    """``(ref, mask)`` per volume with the settings of ``cfg``, decoding the next volumes in a thread meanwhile."""
     from .inference.predict import predict_masks
 
-    models, cfg = load_predictor(checkpoints, device, overrides, use_tuned, say if progress else None)
+    models = _load_models(checkpoints, device)
     volumes = ((ref, image, None) for ref, image in read_ahead(refs, lambda r: r.image, cfg.data.max_voxels))
     yield from predict_masks(models, Progress(volumes, total=len(refs), desc="predict", unit="vol", enabled=progress), cfg, device, progress)
 
 
-def _predict_share(checkpoints, refs: list[VolumeRef], parts: Path, overrides: dict | None, use_tuned: bool) -> None:
+def _predict_share(checkpoints, refs: list[VolumeRef], parts: Path, cfg: Config) -> None:
     """One worker of a multi-device prediction: every world-th volume, written to ``parts``."""
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     device = torch.device("cuda", rank) if torch.cuda.is_available() else torch.device("cpu")
-    for ref, mask in _mask_stream(checkpoints, refs[rank::world], device, overrides, False, use_tuned):
+    for ref, mask in _mask_stream(checkpoints, refs[rank::world], device, cfg, False):
         write_volume(parts / f"{ref.id}.tif", mask)
+
+
+def prediction_devices(devices: int | str | torch.device) -> tuple[int, torch.device | None]:
+    """``(processes, device)``: a number or ``"auto"`` spreads volumes over processes (one per GPU);
+    a device such as ``"cpu"`` or ``"cuda:1"`` predicts in this process on that device."""
+    if isinstance(devices, int) or devices in (None, "auto") or str(devices).lstrip("+-").isdigit():
+        return resolve_devices(devices), None
+    try:
+        device = torch.device(devices)
+    except (RuntimeError, ValueError):
+        raise ScrollsegError(f"--devices {devices!r}: give a number of processes, 'auto', or a device such as cpu or cuda:1") from None
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ScrollsegError(f"--devices {devices}: only {torch.cuda.device_count()} GPU(s) are visible")
+    return 1, device
+
+
+def describe_checkpoint(path: Path, ckpt: dict) -> str:
+    """Which checkpoint a prediction uses: its path, step and the validation score logged at that step."""
+    step = ckpt.get("step")
+    try:
+        scores = [r["val/leaderboard"] for r in MetricsLog(RunDir(path.parent.parent).metrics_path).read()
+                  if r.get("step") == step and r.get("val/leaderboard") is not None]
+    except ValueError:  # a log cut short mid-line
+        scores = []
+    score = f"validation leaderboard {scores[-1]:.4f}" if scores else "no validation score logged at that step"
+    return f"checkpoint {path} (step {step}, {score})"
 
 
 def predict(
@@ -126,7 +205,6 @@ def predict(
     images: Path | str,
     out: Path | str = "submission.zip",
     csv_path: Path | str | None = None,
-    device: str | torch.device | None = None,
     overrides: dict | None = None,
     progress: bool = True,
     devices: int | str = 1,
@@ -137,26 +215,28 @@ def predict(
     ``checkpoint`` is a run folder or .pt file, or a list of them (an ensemble: their
     probabilities are averaged before post-processing). The run's ``tuned.yaml`` (from
     ``tune``) is used unless ``use_tuned`` is false; ``overrides`` (inference settings) win
-    over both. ``devices`` > 1 spreads the volumes over processes.
+    over both. ``devices``: a number of processes to spread the volumes over (``"auto"``:
+    every GPU), or one device such as ``"cpu"`` or ``"cuda:1"``. Every setting is checked
+    before any work.
     """
     from .inference.submission import SubmissionWriter
 
-    for c in _as_list(checkpoint):
-        resolve_checkpoint(c)  # fail before any work when one is missing
+    cfg = predictor_config(checkpoint, overrides, use_tuned, say if progress else None)
+    n, device = prediction_devices(devices)
     refs = images_in(images, csv_path)
     if not refs:
         raise DataError(f"{images}: no .tif volumes found; give the test_images folder or the dataset root")
-    n = min(resolve_devices(devices), len(refs))
+    n = min(n, len(refs))
     with SubmissionWriter(out, {r.id for r in refs}) as writer:
         if n == 1:
-            device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-            for ref, mask in _mask_stream(checkpoint, refs, device, overrides, progress, use_tuned):
+            device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            for ref, mask in _mask_stream(checkpoint, refs, device, cfg, progress):
                 writer.add(ref.id, mask, read_header_shape(ref.image))
         else:
             parts = writer.tmp.with_name(writer.tmp.name + ".parts")
             parts.mkdir()
             try:
-                run_processes(_predict_share, (checkpoint, refs, parts, overrides, use_tuned), n)
+                run_processes(_predict_share, (checkpoint, refs, parts, cfg), n)
                 for ref in refs:
                     writer.add(ref.id, read_volume(parts / f"{ref.id}.tif"), read_header_shape(ref.image))
             finally:
@@ -215,10 +295,25 @@ def tune(run: Path | str, data: Path | str | None = None, workers: int | None = 
     return {"trials": trials, "best": best, "start": start, "path": path}
 
 
+def label_folder(labels: Path | str) -> Path:
+    """``labels``, or the ``test_labels/`` (else ``train_labels/``) of a dataset root given instead."""
+    labels = Path(labels)
+    if labels.is_dir() and not any(labels.glob("*.tif")):
+        for name in ("test_labels", "train_labels"):
+            if any((labels / name).glob("*.tif")):
+                say(f"scoring against {labels / name} (the labels of the dataset root {labels})")
+                return labels / name
+    return labels
+
+
 def score(labels: Path | str, pred: Path | str, workers: int = 1, explain: Path | str | None = None, progress: bool = True) -> dict:
-    """Leaderboard metric of a folder or zip of predictions against a folder of labels;
-    ``explain``: a folder that gets, per volume, the metric's error maps, counts and a picture."""
+    """Leaderboard metric of a folder or zip of predictions against a folder of labels (or a
+    dataset root, whose test_labels/ or else train_labels/ are used); ``explain``: a folder
+    that gets, per volume, the metric's error maps, counts and a picture."""
     from .metrics.evaluate import score_predictions
     from .report.error_maps import ExplainInto
 
+    if workers < 1:
+        raise ScrollsegError(f"--workers {workers}: give at least 1 process")
+    labels = label_folder(labels)
     return score_predictions(labels, pred, workers, ExplainInto.beside_labels(explain, labels) if explain else None, progress)

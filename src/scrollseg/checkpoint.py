@@ -1,8 +1,8 @@
 """Run folders and checkpoints: atomic writes, safe loads, newest-valid resume.
 
-A run folder holds ``config.yaml`` (resolved), ``metrics.jsonl`` and
+A run folder holds ``config.yaml`` (resolved), ``metrics.jsonl``,
 ``checkpoints/`` with ``last.pt``, ``step-<N>.pt`` (the newest ``keep_last``),
-``best.pt`` and ``final.pt``. Each checkpoint is a plain dict of tensors and
+``best.pt`` and ``final.pt``, and ``train.lock``, which one training at a time holds. Each checkpoint is a plain dict of tensors and
 Python data, written to a temporary file, fsynced and renamed, so a kill or a
 full disk never leaves a damaged file under a final name. Loading uses
 ``torch.load(weights_only=True)``: a file carrying pickled objects is refused
@@ -14,11 +14,17 @@ import os
 import pickle
 import re
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, ScrollsegError
+
+try:
+    import fcntl
+except ImportError:  # Windows has no flock; runs there are not guarded against a second process
+    fcntl = None
 
 STEP_FILE = re.compile(r"step-(\d+)\.pt$")
 
@@ -44,10 +50,38 @@ def atomic_save(obj: dict, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in one rename, so a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _may_be_torch_file(path: Path) -> bool:
+    """Whether ``path`` can be a ``torch.save`` file: a zip holding ``data.pkl`` or a pickle.
+    Empty files and zips that cannot be read are left to ``torch.load``, which reports them as damaged."""
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if not head:
+        return True
+    if head == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(path) as zf:
+                return any(name == "data.pkl" or name.endswith("/data.pkl") for name in zf.namelist())
+        except zipfile.BadZipFile:
+            return True
+    return head[:1] == b"\x80"  # the pickle protocol marker that legacy torch.save files start with
+
+
 def load_checkpoint(path: Path | str) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found; give a run folder or a .pt file")
+    if not _may_be_torch_file(path):
+        raise CheckpointError(f"{path}: not a scrollseg checkpoint (not a file written by torch.save); give a .pt file from RUN/checkpoints")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -131,8 +165,59 @@ def resolve_checkpoint(path: Path | str) -> Path:
     path = Path(path)
     if path.is_file():
         return path
+    if not path.is_dir():
+        if path.suffix == ".pt":
+            there = sorted(p.name for p in path.parent.glob("*.pt")) if path.parent.is_dir() else []
+            found = f" ({path.parent} holds {', '.join(there)})" if there else ""
+            raise CheckpointError(f"{path}: checkpoint not found{found}; give an existing .pt file or the run folder")
+        raise CheckpointError(f"{path}: no checkpoint found: no such run folder or .pt file; give a run folder or a .pt file")
     run = RunDir(path)
     for name in ("best.pt", "final.pt", "last.pt"):
         if (run.checkpoints / name).is_file():
             return run.checkpoints / name
     raise CheckpointError(f"{path}: no checkpoint found (looked for best.pt, final.pt, last.pt in {run.checkpoints}); train first")
+
+
+class RunLock:
+    """One training process group per run folder at a time.
+
+    An OS file lock (``flock``) on ``RUN/train.lock``, held for the life of the run: the
+    kernel releases it when the holder exits, however it exits, so a killed run never
+    leaves a stale lock. Processes forked while it is held share it (they inherit the
+    open file), so DDP workers started by the holder never wait for it. The file names
+    the holder's PID for the error the next process prints. Reading a run (predict,
+    score) does not take it.
+    """
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+        self.path = self.root / "train.lock"
+        self._fd: int | None = None
+
+    def __enter__(self) -> "RunLock":
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise ScrollsegError(f"{self.root}: cannot write the run folder ({exc.strerror}); choose a writable RUN path") from exc
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise ScrollsegError(
+                    f"{self.root}: this run is being trained by another process (PID {holder}); wait for it to end, "
+                    f"stop it with `kill {holder}` (it checkpoints first), or give another RUN folder"
+                ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            if fcntl is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)  # also for forked children still holding the file open
+            os.close(self._fd)
+            self._fd = None

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -14,10 +16,19 @@ def _warning_line(message, category, filename, lineno, line=None) -> str:
     return f"warning: {message}\n"
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default after its help, unless there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False or action.default == [] or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def cmd_synth(args) -> None:
     from .data.synth import write_dataset
 
-    out = write_dataset(args.out, args.train, args.test, tuple(args.size) if args.size else None, args.seed)
+    out = write_dataset(args.out, args.train, args.test, tuple(args.size) if args.size else None, args.seed, force=args.force)
     print(f"wrote {args.train} train and {args.test} test volumes to {out} (test labels in {out / 'test_labels'})")
 
 
@@ -37,19 +48,31 @@ def cmd_train(args) -> None:
     result = train(args.preset, args.data, args.run, devices=args.devices, strategy=args.strategy, overrides=overrides,
                    allow_change=tuple(args.allow_change))
     if result is not None and result.stop_reason not in ("steps", "minutes"):
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"Resume with the same command: {shlex.join(['scrollseg', *args.argv])}", file=sys.stderr)
         sys.exit(3)  # interrupted: the run is resumable, but not finished
+
+
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(f"{old} is now called {new}; the old name will be removed", FutureWarning, stacklevel=2)
 
 
 def cmd_predict(args) -> None:
     from .api import predict
 
+    if args.old_csv is not None:
+        _deprecated("predict --csv", "--ids")
+        args.ids = args.ids or args.old_csv
+    if args.old_device is not None:
+        _deprecated("predict --device", "--devices")
+        args.devices = args.old_device
     overrides = {}
     if args.tta is not None:
         overrides["tta"] = args.tta
     if args.threshold is not None:
         overrides["threshold"] = args.threshold
     checkpoints = args.checkpoint if len(args.checkpoint) > 1 else args.checkpoint[0]
-    out = predict(checkpoints, args.images, args.out, args.csv, args.device, overrides, devices=args.devices, use_tuned=args.tuned)
+    out = predict(checkpoints, args.images, args.out, args.ids, overrides, devices=args.devices, use_tuned=args.tuned)
     print(f"wrote {out}")
 
 
@@ -71,10 +94,11 @@ def cmd_tune(args) -> None:
 
 def cmd_score(args) -> None:
     from .api import score
-    from .metrics.evaluate import format_table, write_reports
+    from .metrics.evaluate import LEGEND, format_table, write_reports
 
     result = score(args.labels, args.pred, args.workers, explain=args.explain)
     print(format_table(result))
+    print(LEGEND)
     write_reports(result, args.json, args.csv)
     if args.explain:
         print(f"error maps, counts and pictures per volume in {args.explain}/<id>/")
@@ -127,107 +151,117 @@ def cmd_demo(args) -> None:
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scrollseg", description="3D papyrus-surface segmentation for the Vesuvius Challenge")
     parser.add_argument("--version", action="version", version=f"scrollseg {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("synth", help="write a synthetic dataset in the competition layout")
-    p.add_argument("out")
-    p.add_argument("--train", type=int, default=8)
-    p.add_argument("--test", type=int, default=2)
-    p.add_argument("--size", type=int, nargs=3, metavar=("D", "H", "W"))
-    p.add_argument("--seed", type=int, default=0)
+    def command(name: str, summary: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=summary, description=summary, formatter_class=HelpFormatter)
+
+    p = command("synth", "write a synthetic dataset in the competition layout (with test labels, for scoring)")
+    p.add_argument("out", help="new or empty folder to write the dataset into")
+    p.add_argument("--train", type=int, default=8, metavar="N", help="number of training volumes")
+    p.add_argument("--test", type=int, default=2, metavar="N", help="number of test volumes")
+    p.add_argument("--size", type=int, nargs=3, metavar=("D", "H", "W"), help="shape of every volume (default: four shapes of about 96^3)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes the same volumes")
+    p.add_argument("--force", action="store_true", help="replace OUT when it already holds a dataset")
     p.set_defaults(func=cmd_synth)
 
-    p = sub.add_parser("train", help="train (or resume) a run")
-    p.add_argument("data", help="dataset root in the competition layout")
+    p = command("train", "train a model, or resume the run in RUN")
+    p.add_argument("data", help="dataset root in the competition layout (the unzipped folder)")
     p.add_argument("run", help="run folder; an existing one is resumed")
     p.add_argument("--preset", help="preset name or .yaml file (default: the run's saved config, else 'default')")
     p.add_argument("--minutes", type=float, help="wall-clock bound of this training; without --steps the step count "
-                   "(and so the LR schedule) is fitted to it after a measured warm-up")
-    p.add_argument("--fold", metavar="K/N", help="train fold K of an N-fold split (by scroll where there are N scrolls), e.g. 0/5")
-    p.add_argument("--steps", type=int, help="number of optimizer steps")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--checkpoint-minutes", type=float)
-    p.add_argument("--checkpoint-steps", type=int)
-    p.add_argument("--time-limit", help="checkpoint and stop before this wall time, e.g. 11h45m")
-    p.add_argument("--devices", default="auto", help="processes to train with: a number or 'auto' (every GPU; 1 on a CPU)")
-    p.add_argument("--strategy", choices=("ddp", "dp"), default="ddp", help="ddp (default) or dp: DataParallel in one process")
+                   "(and so the LR schedule) is fitted to it after a measured warm-up (default: train.minutes, 0 = none)")
+    p.add_argument("--fold", metavar="K/N", help="train fold K of an N-fold split (by scroll where there are N scrolls), e.g. 0/5 "
+                   "(default: one split by data.val_fraction)")
+    p.add_argument("--steps", type=int, help="number of optimizer steps of the whole run (default: train.steps of the preset)")
+    p.add_argument("--seed", type=int, help="seed of the split, patches and augmentation (default: train.seed, 0)")
+    p.add_argument("--checkpoint-minutes", type=float, metavar="M", help="checkpoint every M minutes (default: train.checkpoint_minutes)")
+    p.add_argument("--checkpoint-steps", type=int, metavar="K", help="checkpoint every K steps (default: train.checkpoint_steps)")
+    p.add_argument("--time-limit", help="checkpoint and stop before this wall time, e.g. 11h45m (default: none)")
+    p.add_argument("--devices", default="auto", help="processes to train with: a number, or 'auto' for every GPU (1 on a CPU)")
+    p.add_argument("--strategy", choices=("ddp", "dp"),
+                   help="ddp: one process per device; dp: DataParallel in one process (default: ddp; give it to train on several CPU processes)")
     p.add_argument("--allow-change", action="append", default=[], metavar="KEY",
                    help="let a resumed run take a new value for KEY (a dotted key or section), e.g. optim.lr")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-3")
+    p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. optim.lr=1e-3 data.batch_size=4")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("predict", help="predict test volumes into submission.zip")
-    p.add_argument("checkpoint", nargs="+", help="run folder or .pt file; several: an ensemble averaging their probabilities")
+    p = command("predict", "predict the test volumes into a submission.zip")
+    p.add_argument("checkpoint", nargs="+",
+                   help="run folder (its best.pt, else final.pt, else last.pt) or a .pt file; several: an ensemble averaging their probabilities")
     p.add_argument("images", help="test_images folder or dataset root")
-    p.add_argument("--out", default="submission.zip")
-    p.add_argument("--csv", help="test.csv listing the ids that must be present")
-    p.add_argument("--device", help="e.g. cuda:1 or cpu, for one process")
-    p.add_argument("--devices", default="1", help="processes to spread the volumes over: a number or 'auto' (every GPU)")
-    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--threshold", type=float)
+    p.add_argument("--out", default="submission.zip", help="the zip to write; written only when every volume is in it")
+    p.add_argument("--ids", metavar="TEST_CSV", help="test.csv listing the ids that must be present (default: the root's test.csv, else every .tif)")
+    p.add_argument("--csv", dest="old_csv", help=argparse.SUPPRESS)
+    p.add_argument("--devices", default="1", help="a number of processes to spread the volumes over, 'auto' (every GPU), or one device, e.g. cuda:1 or cpu")
+    p.add_argument("--device", dest="old_device", help=argparse.SUPPRESS)
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, help="flip test-time augmentation (default: the checkpoint's inference.tta)")
+    p.add_argument("--threshold", type=float, help="probability above which a voxel is surface, in (0, 1) (default: the checkpoint's inference.threshold)")
     p.add_argument("--tuned", action=argparse.BooleanOptionalAction, default=True,
-                   help="use the settings `scrollseg tune` saved in the (first) run (default: yes)")
+                   help="use the settings `scrollseg tune` saved in the (first) run")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("tune", help="choose threshold and post-processing on the run's held-out volumes by the exact metric")
+    p = command("tune", "choose threshold and post-processing on the run's held-out volumes by the exact metric")
     p.add_argument("run", help="a trained run folder")
     p.add_argument("--data", help="dataset root (default: the one the run was trained on)")
     p.add_argument("--workers", type=int, help="scoring processes (default: up to 4, one per CPU core)")
-    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="flip TTA for the probabilities (default: as predict uses)")
-    p.add_argument("--top", type=int, default=10, help="rows of the table (default: 10)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, help="flip TTA for the probabilities (default: as predict uses)")
+    p.add_argument("--top", type=int, default=10, help="rows of the table")
     p.set_defaults(func=cmd_tune)
 
-    p = sub.add_parser("score", help="leaderboard metric of predictions against labels")
-    p.add_argument("labels", help="folder of <id>.tif labels")
+    p = command("score", "the leaderboard metric of predictions against labels, per volume and mean")
+    p.add_argument("labels", help="folder of <id>.tif labels, or a dataset root (its test_labels/, else train_labels/)")
     p.add_argument("pred", help="folder of <id>.tif predictions or a submission.zip")
-    p.add_argument("--json")
-    p.add_argument("--csv")
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--json", metavar="FILE", help="also write every score to this JSON file")
+    p.add_argument("--csv", metavar="FILE", help="also write the table to this CSV file")
+    p.add_argument("--workers", type=int, default=1, help="processes that score volumes in parallel")
     p.add_argument("--explain", metavar="OUT_DIR", help="write per volume the voxels behind each term of the score (maps, counts, a picture)")
     p.set_defaults(func=cmd_score)
 
-    p = sub.add_parser("show", help="picture of three orthogonal slices: image, label, prediction and errors")
+    p = command("show", "picture of three orthogonal slices: image, label, prediction and errors")
     p.add_argument("volume", help="image .tif")
-    p.add_argument("--label", help="label .tif")
-    p.add_argument("--pred", help="prediction: a .tif, submission.zip:ID, or a submission.zip holding the volume's id")
+    p.add_argument("--label", help="label .tif (default: none)")
+    p.add_argument("--pred", help="prediction: a .tif, submission.zip:ID, or a submission.zip holding the volume's id (default: none)")
     p.add_argument("--out", help="PNG to write (default: <id>.png)")
     p.set_defaults(func=cmd_show)
 
-    p = sub.add_parser("report", help="write RUN/report.html: curves, validation tables, pictures, error maps, config")
-    p.add_argument("run")
+    p = command("report", "write RUN/report.html: curves, validation tables, pictures, error maps, config")
+    p.add_argument("run", help="a run folder")
     p.add_argument("--out", help="HTML file to write (default: RUN/report.html)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("doctor", help="versions, hardware, recommended settings; checks a dataset folder")
+    p = command("doctor", "versions, hardware, recommended settings; checks a dataset folder")
     p.add_argument("data", nargs="?", help="dataset root in the competition layout to check")
     p.add_argument("--run", default=".", help="where the run (and its cache) would go, for the free-disk check")
     p.set_defaults(func=cmd_doctor)
 
-    p = sub.add_parser("wheelhouse", help="wheels for installing scrollseg offline (e.g. a Kaggle dataset)")
-    p.add_argument("out")
+    p = command("wheelhouse", "wheels for installing scrollseg offline (e.g. as a Kaggle dataset)")
+    p.add_argument("out", help="folder to write the wheels into")
     p.add_argument("--no-deps", action="store_true", help="only scrollseg's own wheel")
-    p.add_argument("--python-version", help="target Python, e.g. 3.11 (Kaggle's)")
-    p.add_argument("--platform", help="target platform, e.g. manylinux2014_x86_64")
+    p.add_argument("--python-version", help="target Python, e.g. 3.11 (Kaggle's) (default: this one)")
+    p.add_argument("--platform", help="target platform, e.g. manylinux2014_x86_64 (default: this one)")
     p.set_defaults(func=cmd_wheelhouse)
 
-    p = sub.add_parser("bench", help="speed of each stage against named baselines (from a source checkout)")
-    p.add_argument("--json")
+    p = command("bench", "speed of each stage against named baselines (from a source checkout)")
+    p.add_argument("--json", metavar="FILE", help="also write the figures to this JSON file")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers for both loaders")
     p.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("demo", help="synthesise, train the tiny preset, predict, score")
-    p.add_argument("--out", default="demo_out")
+    p = command("demo", "synthesise data, train the tiny preset on the CPU, predict and score")
+    p.add_argument("--out", default="demo_out", help="folder for the data, the run, submission.zip and summary.json")
     p.add_argument("--minutes", type=float, default=10.0, help="training time bound")
-    p.add_argument("--steps", type=int)
+    p.add_argument("--steps", type=int, help="training steps (default: the tiny preset's)")
     p.set_defaults(func=cmd_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = make_parser()
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     # dotted overrides may sit anywhere after `train`, also after its options
     args, extra = parser.parse_known_args(argv)
+    args.argv = argv
     unknown = [e for e in extra if args.command != "train" or e.startswith("-") or "=" not in e]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")

@@ -267,17 +267,25 @@ def validate(cfg: Config) -> None:
             raise ConfigError(message)
 
     need(len(cfg.data.patch_size) == 3 and min(cfg.data.patch_size) > 0, "data.patch_size needs three positive sizes")
+    need(len(cfg.model.features) >= 1 and min(cfg.model.features) >= 1, "model.features needs at least one positive width")
     stride = 2 ** (len(cfg.model.features) - 1)
-    need(
-        all(p % stride == 0 for p in cfg.data.patch_size),
-        f"data.patch_size {cfg.data.patch_size} must be divisible by {stride} for {len(cfg.model.features)} stages",
-    )
+    smallest = 2 * stride  # the deepest stage needs more than one voxel per axis (instance norm, 3^3 convolutions)
+
+    def fits_network(key: str, sizes: list[int]) -> None:
+        need(
+            len(sizes) == 3 and all(p % stride == 0 and p >= smallest for p in sizes),
+            f"{key} {sizes}: the {len(cfg.model.features)}-stage network needs three sizes divisible by {stride} and at least "
+            f"{smallest}; the smallest valid is [{smallest},{smallest},{smallest}]",
+        )
+
+    fits_network("data.patch_size", cfg.data.patch_size)
     need(len(cfg.model.encoder_blocks) == len(cfg.model.features), "model.encoder_blocks needs one entry per stage")
     need(cfg.data.batch_size >= 1, "data.batch_size must be at least 1")
     need(0.0 <= cfg.data.foreground_fraction <= 1.0, "data.foreground_fraction must lie in [0, 1]")
     need(cfg.data.split_by in ("auto", "volume", "scroll"), "data.split_by must be auto, scroll or volume")
     need(cfg.data.folds == 0 or (cfg.data.folds >= 2 and 0 <= cfg.data.fold < cfg.data.folds),
          f"data.fold {cfg.data.fold} of data.folds {cfg.data.folds}: give folds >= 2 and 0 <= fold < folds (e.g. --fold 0/5)")
+    need(cfg.train.minutes >= 0, f"train.minutes (--minutes) must be positive, or 0 for no bound; got {cfg.train.minutes:g}")
     need(cfg.train.steps >= 0, "train.steps must be positive (or 0 with train.minutes: as many as fit)")
     need(cfg.train.steps > 0 or cfg.train.minutes > 0, "train.steps=0 needs a time budget: give --minutes M (or train.minutes)")
     need(0.0 <= cfg.train.ema_decay < 1.0, "train.ema_decay must lie in [0, 1), e.g. 0.999")
@@ -304,7 +312,7 @@ def validate(cfg: Config) -> None:
         need(getattr(cfg.loss, key) >= 0, f"loss.{key} must be at least 0")
     need(cfg.loss.cldice_iterations >= 1, "loss.cldice_iterations must be at least 1")
     inf = cfg.inference
-    need(0.0 < inf.threshold < 1.0, f"inference.threshold must lie in (0, 1), got {inf.threshold}")
+    need(0.0 < inf.threshold < 1.0, f"inference.threshold (--threshold) must lie in (0, 1), got {inf.threshold:g}")
     need(
         inf.hysteresis_low == 0.0 or 0.0 < inf.hysteresis_low < inf.threshold,
         f"inference.hysteresis_low must be 0 (off) or lie in (0, threshold={inf.threshold}), got {inf.hysteresis_low}",
@@ -317,8 +325,13 @@ def validate(cfg: Config) -> None:
     )
     unknown = [name for name in inf.postprocess if name not in POSTPROCESS_STEPS]
     need(not unknown, f"inference.postprocess has unknown step(s) {unknown}; known: {', '.join(POSTPROCESS_STEPS)}")
-    tile = cfg.tile_size()
-    need(len(tile) == 3 and all(t % stride == 0 for t in tile), f"inference.tile must be three sizes divisible by {stride}")
+    fits_network("inference.tile", cfg.tile_size())
+    # intervals a flag or override sets: refused before a run writes anything
+    need(cfg.train.checkpoint_minutes >= 0, f"train.checkpoint_minutes must be positive, or 0 for none; got {cfg.train.checkpoint_minutes:g}")
+    for key in ("checkpoint_steps", "val_every", "log_every"):
+        need(getattr(cfg.train, key) >= 1, f"train.{key} must be at least 1, got {getattr(cfg.train, key)}")
+    need(cfg.data.num_workers >= 0, "data.num_workers must be at least 0")
+    need(inf.tile_batch >= 1, "inference.tile_batch must be at least 1")
 
 
 def dump_yaml(cfg: Config) -> str:

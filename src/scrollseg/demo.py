@@ -34,7 +34,7 @@ def run_demo(out: Path, minutes: float = 10.0, steps: int | None = None, n_train
     data = out / "data"
     if not (data / "train.csv").is_file():
         say(f"[1/6] synthesising {n_train} train + {n_test} test volumes into {data}")
-        write_dataset(data, n_train, n_test, seed=0)
+        write_dataset(data, n_train, n_test, seed=0, force=True)  # a dataset left half-written by an interrupted demo
 
     say("[2/6] tuning the intensity-threshold baseline on the train split")
     pairs = [(read_volume(r.image), read_volume(r.label)) for r in list_volumes(data, "train")[:6]]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,14 +38,32 @@ def _find_csv(root: Path, split: str) -> Path | None:
     return path if path.is_file() else None
 
 
+def refuse_archive(path: Path) -> None:
+    """A zip given where a folder belongs: say how to unpack it."""
+    if path.is_file() and zipfile.is_zipfile(path):
+        folder = path.with_suffix("")
+        raise DataError(f"{path}: a zip archive, not a folder; unzip it first (unzip -q {path} -d {folder}) and give {folder}")
+
+
+def dataset_root(root: str | Path) -> Path:
+    """``root`` when it is a folder; otherwise an error that says what it is and what to give."""
+    root = Path(root)
+    if root.is_dir():
+        return root
+    refuse_archive(root)
+    if root.exists():
+        raise DataError(f"{root}: a file, not a dataset folder; give the folder that holds train.csv and train_images/")
+    if root.suffix == ".zip":
+        raise DataError(f"{root}: not found; give the unzipped competition folder")
+    raise DataError(f"{root}: dataset folder not found; create it with `scrollseg synth {root}` or point to the competition data")
+
+
 def list_volumes(root: str | Path, split: str = "train", require_labels: bool | None = None) -> list[VolumeRef]:
     """Volumes of ``split`` in ``root``; ids whose files are missing are skipped with one warning.
 
     Without a CSV (e.g. a bare folder of test images) every ``*.tif`` in the image folder is used.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"{root}: dataset folder not found; create it with `scrollseg synth {root}` or point to the competition data")
+    root = dataset_root(root)
     labels_needed = (split == "train") if require_labels is None else require_labels
     image_dir = root / f"{split}_images"
     label_dir = root / f"{split}_labels"
@@ -78,6 +97,7 @@ def images_in(folder: str | Path, csv_path: str | Path | None = None) -> list[Vo
             return refs
         folder = folder / "test_images"
     if not folder.is_dir():
+        refuse_archive(folder)
         raise DataError(f"{folder}: image folder not found; give the test_images folder or the dataset root")
     if csv_path is not None:
         rows = read_ids(Path(csv_path))

@@ -6,10 +6,15 @@ same for any number of workers.
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .sampler import PatchSampler
+
+# torch warns about more workers than cores when the DataLoader is built and again when it is iterated
+warnings.filterwarnings("once", message="This DataLoader will create", category=UserWarning)
 
 
 class StepBatches(IterableDataset):

@@ -12,14 +12,18 @@ intensity alone: a threshold finds whole sheets, and merges touching ones.
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
+from ..errors import DataError, ScrollsegError
 from .io import write_volume
 
 SHAPES = [(96, 96, 96), (80, 112, 96), (112, 96, 80), (96, 80, 112)]
+# what a dataset folder holds; --force replaces only folders made of these
+DATASET_ENTRIES = {f"{split}{part}" for split in ("train", "test") for part in (".csv", "_images", "_labels")}
 
 
 def smooth_field(shape, rng: np.random.Generator, scale: float, coarse: int = 6) -> np.ndarray:
@@ -77,9 +81,33 @@ def synth_chunk(shape, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray
     return image, label
 
 
-def write_dataset(out: str | Path, n_train: int = 8, n_test: int = 2, size: tuple[int, int, int] | None = None, seed: int = 0) -> Path:
-    """Write a dataset in the competition layout; test labels go to ``test_labels/`` for scoring."""
+def _clear_output(out: Path, force: bool) -> None:
+    """Make sure ``out`` is new or empty: refuse, or with ``force`` remove, an existing dataset."""
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: a file is in the way; give a new folder")
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if not entries:
+        return
+    if not force:
+        raise DataError(f"{out}: already holds {', '.join(entries[:4])}{' ...' if len(entries) > 4 else ''}; "
+                        f"give a new folder, or add --force to replace it")
+    foreign = [e for e in entries if e not in DATASET_ENTRIES]
+    if foreign:
+        raise DataError(f"{out}: holds {', '.join(foreign[:4])}, which no dataset holds; --force replaces only a dataset folder, "
+                        f"so remove them yourself or give a new folder")
+    shutil.rmtree(out)
+
+
+def write_dataset(out: str | Path, n_train: int = 8, n_test: int = 2, size: tuple[int, int, int] | None = None, seed: int = 0,
+                  force: bool = False) -> Path:
+    """Write a dataset in the competition layout; test labels go to ``test_labels/`` for scoring.
+
+    A folder that already holds files is refused, so existing data is never mixed with new
+    volumes; ``force`` replaces it whole when it holds nothing but a dataset's files."""
     out = Path(out)
+    if n_train < 0 or n_test < 0 or (size is not None and (len(size) != 3 or min(size) < 1)):
+        raise ScrollsegError(f"synth: counts must be at least 0 and --size three positive sizes; got {n_train} train, {n_test} test, size {size}")
+    _clear_output(out, force)
     rng = np.random.default_rng(seed)
     for split, count in (("train", n_train), ("test", n_test)):
         rows = []

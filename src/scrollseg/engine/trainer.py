@@ -22,7 +22,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import __version__, dist
-from ..checkpoint import RunDir
+from ..checkpoint import RunDir, atomic_write_text
 from ..config import Config, dump_yaml
 from ..data.augment import augment_batch
 from ..data.cache import VolumeCache
@@ -360,7 +360,7 @@ class Trainer:
         try:
             self.run_dir.root.mkdir(parents=True, exist_ok=True)
             self.run_dir.remove_temporary_files()  # left by a kill during a write
-            self.run_dir.config_path.write_text(dump_yaml(self.cfg))
+            atomic_write_text(self.run_dir.config_path, dump_yaml(self.cfg))  # a concurrent reader never sees half of it
         except OSError as exc:
             raise ScrollsegError(f"{self.run_dir.root}: cannot write the run folder ({exc.strerror}); choose a writable RUN path") from exc
 
@@ -439,8 +439,7 @@ class Trainer:
             summary = {"data_wait": self.totals["wait"] / self.totals["time"], **self.gpus.summary()}
             self.log.write({"step": step, "event": "summary", **summary})
         if self.stop_reason in ("time-limit", "peer") or self.stop_reason.startswith("SIG"):
-            say(f"stopped at step {step} ({self.stop_reason}); checkpoint saved. Resume with the same command: "
-                f"scrollseg train {self.data_dir} {self.run_dir.root}", self.main)
+            say(f"stopped at step {step} ({self.stop_reason}); checkpoint saved; training the same run again resumes from it", self.main)
         if self.main:
             end = run_summary(self.run_dir.root, self.data_dir, self.log.read(), step, self.total_steps, self.stop_reason,
                               self.clock.elapsed(), self.gpus.summary())

@@ -34,7 +34,7 @@ class SubmissionWriter:
 
     def add(self, vid: str, mask: np.ndarray, image_shape: tuple) -> None:
         if vid not in self.expected:
-            raise ScrollsegError(f"{vid}.tif: not an id of the test set; check --csv")
+            raise ScrollsegError(f"{vid}.tif: not an id of the test set; check --ids")
         if tuple(mask.shape) != tuple(image_shape):
             raise ScrollsegError(f"{vid}.tif: mask shape {mask.shape} differs from the image {tuple(image_shape)}")
         try:

@@ -106,6 +106,16 @@ def score_predictions(labels: Path | str, pred: Path | str, workers: int = 1, ex
     return {"cases": cases, "mean": mean}
 
 
+LEGEND = """\
+leaderboard  0.30 topo + 0.35 sdice + 0.35 voi, each in [0, 1], higher is better; label 2 (unlabelled) is ignored
+topo         TopoScore: F1 of matched Betti features, weighted over F1_0 (components), F1_1 (tunnels), F1_2 (cavities);
+             "-": neither label nor prediction has a feature of that dimension, so it is left out of topo
+sdice        surface Dice at a tolerance of 2 voxels
+voi          VOI score, 1 / (1 + 0.3 (split + merge))
+split        H(prediction | label) in bits: labelled surfaces cut into several predicted pieces; lower is better
+merge        H(label | prediction) in bits: separate labelled surfaces joined into one prediction; lower is better"""
+
+
 def format_table(result: dict) -> str:
     head = f"{'id':>12} {'leaderboard':>11} {'topo':>6} {'F1_0':>6} {'F1_1':>6} {'F1_2':>6} {'sdice':>6} {'voi':>6} {'split':>6} {'merge':>6}"
     lines = [head]
