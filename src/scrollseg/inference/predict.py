@@ -47,7 +47,7 @@ def probability_map(
     """Surface probability [D, H, W] float32 of a uint8 volume; ``progress`` shows its tiles.
     With several models (an ensemble) each batch of tiles goes through every model and the
     probabilities are averaged."""
-    models = [model] if isinstance(model, torch.nn.Module) else list(model)
+    models = list(model) if isinstance(model, (list, tuple)) else [model]
     mean, std = stats or intensity_stats(image)
     volume = ((torch.from_numpy(np.array(image, dtype=np.uint8)).float() / 255.0 - mean) / std).unsqueeze(0)
     precision = resolve_precision("auto", device)
@@ -82,7 +82,7 @@ def to_mask(prob: np.ndarray, cfg: InferenceConfig) -> np.ndarray:
 def predict_probabilities(model: torch.nn.Module | Sequence[torch.nn.Module], volumes: Iterable[VolumeItem], cfg: Config,
                           device: torch.device, progress: bool = False) -> Iterator[tuple[object, np.ndarray]]:
     """``(key, probability map)`` for each volume, with ``cfg.inference`` (TTA included); ``progress`` shows each volume's tiles."""
-    models = [model] if isinstance(model, torch.nn.Module) else list(model)
+    models = list(model) if isinstance(model, (list, tuple)) else [model]
     was_training = [m.training for m in models]
     for m in models:
         m.eval()
