@@ -57,9 +57,10 @@ def loader(r: dict) -> str:
 Augmented patches per second delivered to the training step as torch tensors on the
 training device ({s['device']}): patch {'x'.join(map(str, s['patch']))}, batch {s['batch']},
 {s['workers']} worker processes on every side, {s['foreground_fraction']:.0%} of patches centred on a
-surface voxel, volumes {volumes}; {s['batches_timed']} batches timed after two of warm-up.
-Building each side's own copy of the data (scrollseg's cache, nnU-Net's preprocessed
-files, MONAI's cache) is not timed.
+surface voxel, volumes {volumes}. After two batches of warm-up, {s['batches_timed']} batches are timed in
+{s.get('windows', 1)} window(s) and the fastest window counts (a burst of other work on a shared machine
+spoils one window, not the figure). Building each side's own copy of the data (scrollseg's
+cache, nnU-Net's preprocessed files, MONAI's cache) is not timed.
 
 | side | patches/s | scrollseg's ratio | what it runs |
 |---|---|---|---|

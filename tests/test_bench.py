@@ -37,7 +37,7 @@ TINY = ("data.patch_size=[32,32,32]",)
 
 def test_loader_without_peers_venv_notes_each_peer_in_one_line(bench, tiny_data, tmp_path, capsys):
     missing = tmp_path / "no-venv"
-    result = bench.bench_loader(tiny_data, workers=0, batches=3, peers_venv=missing, overrides=TINY, warmup=1)
+    result = bench.bench_loader(tiny_data, workers=0, batches=4, peers_venv=missing, overrides=TINY, warmup=1, windows=2)
     assert result["loader_patches_per_s"] > 0
     for key in ("loader_speedup", "loader_vs_nnunet", "loader_vs_monai", "nnunet_loader_patches_per_s", "monai_loader_patches_per_s"):
         assert key in result and result[key] is None
@@ -46,7 +46,8 @@ def test_loader_without_peers_venv_notes_each_peer_in_one_line(bench, tiny_data,
     assert "Traceback" not in err
     assert [line for line in err.splitlines() if "skipped" in line] == result["notes"]
     setup = result["loader_setup"]
-    assert (setup["patch"], setup["batch"], setup["workers"], setup["batches_timed"]) == ([32, 32, 32], 2, 0, 3)
+    assert (setup["patch"], setup["batch"], setup["workers"], setup["batches_timed"], setup["windows"]) == ([32, 32, 32], 2, 0, 4, 2)
+    assert len(result["scrollseg_loader_details"]["window_patches_per_s"]) == 2
 
 
 def test_a_failing_peer_becomes_a_note(bench, tiny_data, tmp_path):
@@ -83,6 +84,26 @@ def test_peer_loaders_run_on_tiny_volumes(bench, tiny_data):
         assert result[f"loader_vs_{peer}"] == pytest.approx(result["loader_patches_per_s"] / result[f"{peer}_loader_patches_per_s"])
     # nnU-Net crops the patch enlarged for 30-degree rotations and a scale of 0.85: 32 (cos 30 + sin 30) / 0.85 = 51.4
     assert result["nnunet_loader_details"]["initial_patch"] == [51, 51, 51]
+
+
+def test_time_batches_counts_the_fastest_window():
+    import time
+
+    import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks" / "peers"))
+    from loader_common import time_batches
+
+    def batches():
+        for pause in (0.0, 0.04, 0.04, 0.004, 0.004):  # warm-up, a slow window, a fast window
+            time.sleep(pause)
+            yield torch.zeros(2, 1, 4, 4, 4), None
+
+    result = time_batches(batches(), warmup=1, timed=4, windows=2)
+    slow, fast = result["window_patches_per_s"]
+    assert slow < 4 / 0.08 and fast > 3 * slow  # 4 patches in >= 80 ms, then in ~8 ms
+    assert result["patches_per_s"] == fast and result["patches"] == 8
+    assert slow < result["mean_patches_per_s"] < fast
 
 
 def sample_results(**changes) -> dict:

@@ -27,6 +27,7 @@ def parse_args(description: str) -> argparse.Namespace:
     p.add_argument("--foreground", required=True, type=float, help="share of patches centred on a surface voxel")
     p.add_argument("--warmup", type=int, default=2, help="batches taken before the clock starts")
     p.add_argument("--batches", type=int, default=20, help="batches timed")
+    p.add_argument("--windows", type=int, default=1, help="windows the timed batches are split into; the fastest counts")
     return p.parse_args()
 
 
@@ -40,26 +41,32 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def time_batches(batches: Iterable[tuple[torch.Tensor, object]], warmup: int, timed: int) -> dict:
-    """Patches per second over ``timed`` batches after ``warmup`` (worker start-up, first fills).
+def time_batches(batches: Iterable[tuple[torch.Tensor, object]], warmup: int, timed: int, windows: int = 1) -> dict:
+    """Patches per second after ``warmup`` batches (worker start-up, first fills): the fastest
+    of ``windows`` consecutive windows of ``timed // windows`` batches, so that a burst of
+    other work on a shared machine spoils one window rather than the figure, and the mean.
 
-    Each batch is (images, labels) already on the training device; the clock stops when the
-    device has finished the last one."""
+    Each batch is (images, labels) already on the training device; a window ends when the
+    device has finished its last batch."""
     it = iter(batches)
     for _ in range(warmup):
         next(it)
     dev = device()
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    patches = 0
-    t0 = time.perf_counter()
-    for _ in range(timed):
-        images, _ = next(it)
-        patches += images.shape[0]
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
-    return {"patches_per_s": patches / seconds, "patches": patches, "seconds": seconds}
+    rates, patches, seconds = [], 0, 0.0
+    for _ in range(windows):
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t0, n = time.perf_counter(), 0
+        for _ in range(max(1, timed // windows)):
+            images, _ = next(it)
+            n += images.shape[0]
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - t0
+        rates.append(n / elapsed)
+        patches, seconds = patches + n, seconds + elapsed
+    return {"patches_per_s": max(rates), "mean_patches_per_s": patches / seconds, "window_patches_per_s": rates,
+            "patches": patches, "seconds": seconds}
 
 
 def report(result: dict) -> None:

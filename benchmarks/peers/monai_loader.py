@@ -82,7 +82,7 @@ def main() -> None:
         for batch in loader:
             yield batch["image"].to(dev, non_blocking=True), batch["label"].to(dev, non_blocking=True)
 
-    result = time_batches(batches(), args.warmup, args.batches)
+    result = time_batches(batches(), args.warmup, args.batches, args.windows)
     result.update(version=version("monai"))
     report(result)
 

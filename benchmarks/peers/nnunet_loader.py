@@ -91,7 +91,7 @@ def main() -> None:
             yield (batch["data"].to(dev, non_blocking=True), [t.to(dev, non_blocking=True) for t in batch["target"]])
 
     try:
-        result = time_batches(batches(), args.warmup, args.batches)
+        result = time_batches(batches(), args.warmup, args.batches, args.windows)
     finally:
         if hasattr(augmenter, "_finish"):
             augmenter._finish()
