@@ -253,7 +253,7 @@ def _inference_worker(side: str, state_path: str) -> None:
     before = reset_peak_rss()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     with torch.inference_mode():
         if side == "scrollseg":
             from scrollseg.inference.sliding_window import sliding_window
@@ -269,12 +269,12 @@ def _inference_worker(side: str, state_path: str) -> None:
                                            roi_weight_map=gaussian_weights(TILE, device))
     if device.type == "cuda":
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
     peak = status_mib("VmHWM") - before
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20
     torch.save(out.float().cpu(), state_path + f".{side}.out")
-    print(json.dumps({"seconds": seconds, "peak_mib": peak}))
+    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds, "peak_mib": peak}))
 
 
 def _compare(state: dict, repeats: int, monai_python: str | None, notes: list[str]) -> tuple[dict, float | None]:
@@ -295,7 +295,7 @@ def _compare(state: dict, repeats: int, monai_python: str | None, notes: list[st
                     raise
                 notes.append(f"MONAI inference: failed, {exc}")
                 continue
-            results[side] = {"seconds": min(r["seconds"] for r in runs), "peak_mib": min(r["peak_mib"] for r in runs)}
+            results[side] = {key: min(r[key] for r in runs) for key in ("seconds", "cpu_seconds", "peak_mib")}
         difference = None
         if "monai" in results:
             difference = float((torch.load(path + ".scrollseg.out") - torch.load(path + ".monai.out")).abs().max())
@@ -318,6 +318,8 @@ def bench_inference(peers_venv: Path, repeats: int = 2) -> dict:
         "inference_voxels_per_s": voxels / ours["seconds"],
         "monai_voxels_per_s": voxels / theirs["seconds"] if theirs else None,
         "inference_speedup": theirs["seconds"] / ours["seconds"] if theirs else None,
+        # on the CPU, the ratio of CPU time: the same comparison, unmoved by other work on a shared machine
+        "inference_cpu_time_speedup": theirs["cpu_seconds"] / ours["cpu_seconds"] if theirs and not torch.cuda.is_available() else None,
         "inference_peak_mib": ours["peak_mib"],
         "monai_peak_mib": theirs["peak_mib"] if theirs else None,
         "inference_peak_memory_ratio": ours["peak_mib"] / theirs["peak_mib"] if theirs else None,
@@ -462,7 +464,8 @@ def format_report(r: dict) -> str:
         f"{_fmt(r['loader_vs_monai'], '>6.2f', 'x')}  MONAI CacheDataset + RandCropByPosNegLabeld + the same augmentations",
         f"{'train':<10} {r['train_tuned_samples_per_s']:>10.2f} s/s  {r['train_plain_samples_per_s']:>10.2f} s/s {r['train_step_speedup']:>6.2f}x  plain AMP step, eager ({r['train_preset']} preset)",
         f"{'inference':<10} {r['inference_voxels_per_s'] / 1e6:>8.2f} Mvox/s  {_fmt(r['monai_voxels_per_s'], '>8.2f', ' Mvox/s', 1e6)} "
-        f"{_fmt(r['inference_speedup'], '>6.2f', 'x')}  MONAI sliding_window_inference (max |diff| {_fmt(r['inference_max_abs_difference'], '.1e')})",
+        f"{_fmt(r['inference_speedup'], '>6.2f', 'x')}  MONAI sliding_window_inference (max |diff| {_fmt(r['inference_max_abs_difference'], '.1e')}); "
+        f"CPU time {_fmt(r.get('inference_cpu_time_speedup'), '.2f', 'x')}",
         f"{'memory':<10} {r['inference_peak_mib']:>10.0f} MiB  {_fmt(r['monai_peak_mib'], '>10.0f', ' MiB')} {_fmt(r['inference_peak_memory_ratio'], '>6.2f', 'x')}  peak with the model, ours / MONAI's",
         f"{'blending':<10} {r['blend_peak_mib_320']:>10.0f} MiB  {_fmt(r['monai_blend_peak_mib_320'], '>10.0f', ' MiB')} {_fmt(r['inference_blend_peak_memory_ratio'], '>6.2f', 'x')}  peak of blending alone, 320^3, ours / MONAI's",
         *_score_lines(r),

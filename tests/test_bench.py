@@ -104,6 +104,7 @@ def test_time_batches_counts_the_fastest_window():
     assert slow < 4 / 0.08 and fast > 3 * slow  # 4 patches in >= 80 ms, then in ~8 ms
     assert result["patches_per_s"] == fast and result["patches"] == 8
     assert slow < result["mean_patches_per_s"] < fast
+    assert result["cpu_s_per_patch"] < 0.5 * result["seconds"] / result["patches"]  # sleeping costs no CPU time
 
 
 def sample_results(**changes) -> dict:

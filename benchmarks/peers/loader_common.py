@@ -47,12 +47,14 @@ def time_batches(batches: Iterable[tuple[torch.Tensor, object]], warmup: int, ti
     other work on a shared machine spoils one window rather than the figure, and the mean.
 
     Each batch is (images, labels) already on the training device; a window ends when the
-    device has finished its last batch."""
+    device has finished its last batch. ``cpu_s_per_patch`` is this process's CPU time per
+    patch: with no workers, the whole cost of a patch, unaffected by other work on the machine."""
     it = iter(batches)
     for _ in range(warmup):
         next(it)
     dev = device()
     rates, patches, seconds = [], 0, 0.0
+    cpu0 = time.process_time()
     for _ in range(windows):
         if dev.type == "cuda":
             torch.cuda.synchronize()
@@ -66,7 +68,7 @@ def time_batches(batches: Iterable[tuple[torch.Tensor, object]], warmup: int, ti
         rates.append(n / elapsed)
         patches, seconds = patches + n, seconds + elapsed
     return {"patches_per_s": max(rates), "mean_patches_per_s": patches / seconds, "window_patches_per_s": rates,
-            "patches": patches, "seconds": seconds}
+            "patches": patches, "seconds": seconds, "cpu_s_per_patch": (time.process_time() - cpu0) / patches}
 
 
 def report(result: dict) -> None:
