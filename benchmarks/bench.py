@@ -109,13 +109,14 @@ def run_side(python: str, args: list[str]) -> dict:
 
 # ---------------------------------------------------------------- 1. loader
 def scrollseg_batches(volumes, cfg, workers: int, steps: int, device: torch.device):
-    """scrollseg's patches as the trainer receives them: the sampler in the loader's workers,
-    then ``augment_batch`` with the preset's augmentation on the training device."""
-    sampler = PatchSampler(volumes, cfg.data.patch_size, cfg.data.batch_size, cfg.data.foreground_fraction, seed=0)
+    """scrollseg's patches as the trainer receives them: the sampler cuts the enlarged crops in
+    the loader's workers, then ``augment_batch`` resamples the patch from them with the
+    preset's augmentation on the training device."""
+    sampler = PatchSampler(volumes, cfg.data.patch_size, cfg.data.batch_size, cfg.data.foreground_fraction, seed=0, augment=cfg.augment)
     for step, _, batch in make_loader(sampler, 0, steps, 1, workers, pin_memory=device.type == "cuda"):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         gen = torch.Generator().manual_seed(step)
-        yield augment_batch(batch["image"], batch["label"], batch["mean"], batch["std"], cfg.augment, gen)
+        yield augment_batch(batch["image"], batch["label"], batch["mean"], batch["std"], cfg.augment, gen, cfg.data.patch_size)
 
 
 LOADER_PEERS = {"nnunet": ("nnU-Net", "nnunet_loader.py"), "monai": ("MONAI", "monai_loader.py")}
