@@ -88,9 +88,13 @@ What differs beyond speed:
   rotated and scaled patches get zero-padded corners whose label is background, and makes
   one full pass over the patch per intensity transform. Its scaling is drawn per axis
   (nnU-Net's and scrollseg's is isotropic).
-- **scrollseg** moves only uint8 crops between processes (a quarter of float32's bytes) and
-  runs the augmentation batched on the training device: on a GPU that frees the CPU; on a
-  CPU it runs in the training process with torch's threads rather than in the workers."""
+- **scrollseg** keeps uint8 volumes (a quarter of float32's bytes) in a memory-mapped cache;
+  its workers only cut uint8 crops of up to twice the patch per axis. On the training
+  device, one `affine_grid` + `grid_sample` per batch resamples the samples drawn for
+  rotation or scaling (mirroring folded into the matrix; the others are sliced from the
+  crop's centre), normalisation is one multiply-add after it, and each intensity transform
+  runs once on the samples drawn for it. On a GPU this frees the CPU; on a CPU it runs in
+  the training process with torch's threads rather than in the workers."""
 
 
 def train_step(r: dict) -> str:
@@ -128,7 +132,9 @@ process, the best of the repeats counts; the CPU-time ratio is the same comparis
 the processes' CPU seconds, which other work on a shared machine does not move; memory is the RSS high-water mark above the loaded inputs (the device's peak on a
 GPU). The blending row uses an identity predictor: the blending buffers alone. The Gaussian
 weight is a product of 1D Gaussians and the tile grid a product of 1D grids, so the
-normalisation is three 1D vectors instead of a full-size count map."""
+normalisation is three 1D vectors instead of a full-size count map: less blending memory,
+less work per tile. In `scrollseg predict` the next volume is read and decoded in a thread
+while the current one is predicted, and flip TTA runs all flips in one forward pass."""
 
 
 def scoring(r: dict) -> str:
@@ -145,10 +151,28 @@ def scoring(r: dict) -> str:
 
 The leaderboard metric as `scrollseg score` computes it (exact Betti matching, surface
 Dice at tolerance 2, VOI). "real sheets" is the reference case `real0_shift1` (porous
-Scroll 1 sheets, the prediction shifted by one voxel) mirror-tiled to 320^3. The official
-evaluation code is not run here, so there is no measured ratio against it. The kernels are
-compiled by numba on first use ({r['score_compile_seconds']:.1f} s here) and cached; `scrollseg score
---workers N` scores N volumes at a time."""
+Scroll 1 sheets, about 250,000 one-dimensional features at this size, the prediction
+shifted by one voxel) mirror-tiled to 320^3. The official evaluation code is not run here,
+so there is no measured ratio against it.
+
+Surface Dice at a tolerance only needs "within 2 voxels or not": the radius-2 ball is the
+3x3x3 cube plus six axis points, so the dilation is three 1D passes and six shifts instead
+of two distance transforms, and the marching-cubes cell codes are eight shifted slices.
+The TopoScore's Betti matching is exact (`scrollseg/metrics/betti_matching.py`):
+dimensions 0 and 2 are union-find passes; dimension 1 needs a GF(2) reduction, done once
+per input instead of the general method's five, over the faces that can kill a cycle,
+reducing each column with whichever earlier face keeps it shortest. Its cost grows with
+the area of the surfaces that close the label's and prediction's loops, which is why
+porous real sheets (thousands of loops, some bridging sheets far apart) take longer than
+smooth ones. On such sheets a few hundred columns per octant used to take half the time,
+each an arc between two sheets swept back slice by slice across the octant; long
+reductions now leave copies of their working column under the pivot reached, and a later
+reduction that arrives at that pivot along the same path adds the copy and skips the rest
+of the sweep (2.6x fewer steps, same result: the copy is in the span of the columns
+already processed). The reduction's tables keep a slot and a shortcut per edge side by
+side and are reused from one octant to the next. The kernels are compiled by numba on
+first use ({r['score_compile_seconds']:.1f} s in this run; cached on disk afterwards);
+`scrollseg score --workers N` scores N volumes at a time."""
 
 
 def data_wait(r: dict) -> str:
@@ -169,6 +193,18 @@ for the default preset on synthetic 320^3 data it records the tuned training ste
 the plain one, samples/s per GPU, the data-wait fraction and GPU utilisation from a short
 real run, and with 2+ GPUs DDP and DataParallel against one GPU."""
 
+CHOICES = """## Choices left as they are
+
+- Inference accumulates the blended probabilities in fp32 even on GPUs: fp16 sums of
+  up to eight overlapping tiles move probabilities near the threshold by about 1e-3.
+- Augmentation is nnU-Net v2's set at its probabilities in every preset, `tiny`
+  included: there it costs about 5 ms per 4 x 32^3 batch on one core (flips alone:
+  0.35 ms), about 1% of a training step; 2 x 128^3 costs about 220 ms on one CPU core,
+  1.2 s when every transform hits every sample
+  (`OMP_NUM_THREADS=1 python benchmarks/bench_augment.py`). The sampler cuts a crop of
+  twice the patch per axis so that rotations and scaling read real voxels, not padding.
+  There are no elastic deformations."""
+
 # (key that must be present, renderer), in page order
 SECTIONS = [
     ("loader_patches_per_s", loader),
@@ -185,6 +221,7 @@ def render(r: dict) -> str:
         parts.append(notes(r))
     if r.get("device") != "cuda":
         parts.append(GPU)
+    parts.append(CHOICES)
     return "\n\n".join(parts) + "\n"
 
 
