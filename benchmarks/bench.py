@@ -126,7 +126,7 @@ def bench_loader(data: Path, workers: int, batches: int, peers_venv: Path, prese
                  overrides: tuple[str, ...] = (), warmup: int = 2, windows: int = 1) -> dict:
     """Augmented patches/s delivered to the step by scrollseg, nnU-Net and MONAI: same volumes,
     patch, batch, workers and share of foreground patches, each side's own augmentation;
-    each side's figure is its fastest of ``windows`` windows of the timed batches."""
+    the timed batches are also reported in ``windows`` windows, to show the spread."""
     cfg = build_config(preset, list(overrides))
     patch, batch = cfg.data.patch_size, cfg.data.batch_size
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -52,15 +52,20 @@ def loader(r: dict) -> str:
     volumes = ", ".join("x".join(map(str, v)) for v in s["volumes"])
     augment = ", ".join(f"{k}={v}" for k, v in s["augment"].items())
     strongest = r.get("loader_strongest_peer")
+    sides = [("scrollseg", r.get("scrollseg_loader_details")), ("nnU-Net", nn), ("MONAI", mo)]
+    spread = "; ".join(f"{name} " + ", ".join(f"{v:.2f}" for v in d["window_patches_per_s"])
+                       for name, d in sides if d and "window_patches_per_s" in d)
+    spread = f"Patches/s per window: {spread}." if spread else ""
     return f"""## Loader and augmentation
 
 Augmented patches per second delivered to the training step as torch tensors on the
 training device ({s['device']}): patch {'x'.join(map(str, s['patch']))}, batch {s['batch']},
 {s['workers']} worker processes on every side, {s['foreground_fraction']:.0%} of patches centred on a
-surface voxel, volumes {volumes}. After two batches of warm-up, {s['batches_timed']} batches are timed in
-{s.get('windows', 1)} window(s) and the fastest window counts (a burst of other work on a shared machine
-spoils one window, not the figure). Building each side's own copy of the data (scrollseg's
-cache, nnU-Net's preprocessed files, MONAI's cache) is not timed.
+surface voxel, volumes {volumes}. After two batches of warm-up, {s['batches_timed']} batches are timed;
+the rates of {s.get('windows', 1)} consecutive windows of them show the spread. Building each side's own copy of
+the data (scrollseg's cache, nnU-Net's preprocessed files, MONAI's cache) is not timed.
+
+{spread}
 
 | side | patches/s | scrollseg's ratio | what it runs |
 |---|---|---|---|

@@ -27,7 +27,7 @@ def parse_args(description: str) -> argparse.Namespace:
     p.add_argument("--foreground", required=True, type=float, help="share of patches centred on a surface voxel")
     p.add_argument("--warmup", type=int, default=2, help="batches taken before the clock starts")
     p.add_argument("--batches", type=int, default=20, help="batches timed")
-    p.add_argument("--windows", type=int, default=1, help="windows the timed batches are split into; the fastest counts")
+    p.add_argument("--windows", type=int, default=1, help="windows the timed batches are split into, to show the spread")
     return p.parse_args()
 
 
@@ -42,13 +42,15 @@ def device() -> torch.device:
 
 
 def time_batches(batches: Iterable[tuple[torch.Tensor, object]], warmup: int, timed: int, windows: int = 1) -> dict:
-    """Patches per second after ``warmup`` batches (worker start-up, first fills): the fastest
-    of ``windows`` consecutive windows of ``timed // windows`` batches, so that a burst of
-    other work on a shared machine spoils one window rather than the figure, and the mean.
+    """Patches per second over ``timed`` batches after ``warmup`` (worker start-up, first fills),
+    and the rate of each of ``windows`` consecutive windows, to show the spread.
 
-    Each batch is (images, labels) already on the training device; a window ends when the
-    device has finished its last batch. ``cpu_s_per_patch`` is this process's CPU time per
-    patch: with no workers, the whole cost of a patch, unaffected by other work on the machine."""
+    The figure is the whole span, not the fastest window: a prefetching loader whose workers
+    ran ahead while the training process was descheduled would otherwise be credited with
+    draining its queue. Each batch is (images, labels) already on the training device; a
+    window ends when the device has finished its last batch. ``cpu_s_per_patch`` is this
+    process's CPU time per patch: with no workers, the whole cost of a patch, unaffected by
+    other work on the machine."""
     it = iter(batches)
     for _ in range(warmup):
         next(it)
@@ -67,7 +69,7 @@ def time_batches(batches: Iterable[tuple[torch.Tensor, object]], warmup: int, ti
         elapsed = time.perf_counter() - t0
         rates.append(n / elapsed)
         patches, seconds = patches + n, seconds + elapsed
-    return {"patches_per_s": max(rates), "mean_patches_per_s": patches / seconds, "window_patches_per_s": rates,
+    return {"patches_per_s": patches / seconds, "window_patches_per_s": rates,
             "patches": patches, "seconds": seconds, "cpu_s_per_patch": (time.process_time() - cpu0) / patches}
 
 
