@@ -32,12 +32,12 @@ def tiny_data(tmp_path_factory) -> Path:
     return root
 
 
-TINY = ("data.patch_size=[32,32,32]",)
+TINY = {"preset": "tiny", "overrides": ("data.patch_size=[16,16,16]",)}
 
 
 def test_loader_without_peers_venv_notes_each_peer_in_one_line(bench, tiny_data, tmp_path, capsys):
     missing = tmp_path / "no-venv"
-    result = bench.bench_loader(tiny_data, workers=0, batches=4, peers_venv=missing, overrides=TINY, warmup=1, windows=2)
+    result = bench.bench_loader(tiny_data, workers=0, batches=4, peers_venv=missing, **TINY, warmup=1, windows=2)
     assert result["loader_patches_per_s"] > 0
     for key in ("loader_speedup", "loader_vs_nnunet", "loader_vs_monai", "nnunet_loader_patches_per_s", "monai_loader_patches_per_s"):
         assert key in result and result[key] is None
@@ -46,7 +46,7 @@ def test_loader_without_peers_venv_notes_each_peer_in_one_line(bench, tiny_data,
     assert "Traceback" not in err
     assert [line for line in err.splitlines() if "skipped" in line] == result["notes"]
     setup = result["loader_setup"]
-    assert (setup["patch"], setup["batch"], setup["workers"], setup["batches_timed"], setup["windows"]) == ([32, 32, 32], 2, 0, 4, 2)
+    assert (setup["patch"], setup["batch"], setup["workers"], setup["batches_timed"], setup["windows"]) == ([16, 16, 16], 2, 0, 4, 2)
     assert len(result["scrollseg_loader_details"]["window_patches_per_s"]) == 2
 
 
@@ -56,7 +56,7 @@ def test_a_failing_peer_becomes_a_note(bench, tiny_data, tmp_path):
     python = venv / "bin" / "python"
     python.write_text("#!/bin/sh\necho 'ModuleNotFoundError: No module named nnunetv2' >&2\nexit 1\n")
     python.chmod(0o755)
-    result = bench.bench_loader(tiny_data, workers=0, batches=2, peers_venv=venv, overrides=TINY, warmup=1)
+    result = bench.bench_loader(tiny_data, workers=0, batches=2, peers_venv=venv, **TINY, warmup=1)
     assert result["notes"][0] == "nnU-Net: loader failed, exit 1: ModuleNotFoundError: No module named nnunetv2"
     assert result["loader_speedup"] is None
 
@@ -67,7 +67,7 @@ def test_strongest_peer_sets_loader_speedup(bench, tiny_data, tmp_path, monkeypa
     (venv / "bin" / "python").touch()
     rates = {"nnunet_loader.py": 2.0, "monai_loader.py": 5.0}
     monkeypatch.setattr(bench, "run_side", lambda python, args: {"patches_per_s": rates[Path(args[0]).name], "patches": 4, "seconds": 1.0})
-    result = bench.bench_loader(tiny_data, workers=0, batches=2, peers_venv=venv, overrides=TINY, warmup=1)
+    result = bench.bench_loader(tiny_data, workers=0, batches=2, peers_venv=venv, **TINY, warmup=1)
     ours = result["loader_patches_per_s"]
     assert result["loader_vs_nnunet"] == pytest.approx(ours / 2.0)
     assert result["loader_vs_monai"] == pytest.approx(ours / 5.0)
@@ -77,13 +77,13 @@ def test_strongest_peer_sets_loader_speedup(bench, tiny_data, tmp_path, monkeypa
 
 @pytest.mark.skipif(not (ROOT / ".venv-peers" / "bin" / "python").exists(), reason="no peers venv (scripts/peers.sh)")
 def test_peer_loaders_run_on_tiny_volumes(bench, tiny_data):
-    result = bench.bench_loader(tiny_data, workers=0, batches=2, peers_venv=ROOT / ".venv-peers", overrides=TINY, warmup=1)
+    result = bench.bench_loader(tiny_data, workers=0, batches=2, peers_venv=ROOT / ".venv-peers", **TINY, warmup=1)
     assert result["notes"] == []
     for peer in ("nnunet", "monai"):
         assert result[f"{peer}_loader_patches_per_s"] > 0
         assert result[f"loader_vs_{peer}"] == pytest.approx(result["loader_patches_per_s"] / result[f"{peer}_loader_patches_per_s"])
-    # nnU-Net crops the patch enlarged for 30-degree rotations and a scale of 0.85: 32 (cos 30 + sin 30) / 0.85 = 51.4
-    assert result["nnunet_loader_details"]["initial_patch"] == [51, 51, 51]
+    # nnU-Net crops the patch enlarged for 30-degree rotations and a scale of 0.85: 16 (cos 30 + sin 30) / 0.85 = 25.7
+    assert result["nnunet_loader_details"]["initial_patch"] == [25, 25, 25]
 
 
 def test_time_batches_counts_the_whole_span_and_shows_the_windows():
