@@ -1,9 +1,11 @@
-"""scrollseg bench: speed of each stage against a named baseline, measured in one run.
+"""scrollseg bench: speed of each stage against the tools its users would otherwise pick,
+measured in one run on the same machine.
 
-1. loader    scrollseg's loader (memory-mapped .npy cache, patch slicing in workers,
-             batched augmentation on the training device) against a naive loader that
-             decodes the LZW TIFFs for every sample and augments each sample with numpy,
-             both with the same number of DataLoader workers.
+1. loader    augmented patches/s delivered to the training step: scrollseg's sampler,
+             loader and ``augment_batch`` (the preset's augmentation, on the training
+             device) against nnU-Net v2's own data loader and default training augmentation
+             and against the MONAI pipeline a MONAI user writes, with the same volumes,
+             patch, batch and workers; each peer in its own process (benchmarks/peers/).
 2. train     samples/s of scrollseg's training step (engine.step, the preset's precision,
              compile and memory format) against the plain AMP step (autocast + GradScaler,
              eager; fp32 on the CPU), same model, batch and patch.
@@ -13,8 +15,12 @@
 4. scoring   seconds per 320^3 volume of the leaderboard metric, by part.
 5. data wait fraction of step time spent waiting for data in a tiny-preset CPU run.
 
-Run: ``scrollseg bench [--json F] [--workers N]`` (from a source checkout, with MONAI:
-``pip install -e .[bench]``).
+The peers (nnunetv2, MONAI) live in their own venv, ``.venv-peers`` beside ``.venv``,
+made by ``scripts/peers.sh`` and sharing the project's torch; without it each comparison
+with a peer is skipped with a one-line note.
+
+Run: ``scrollseg bench [--json F] [--workers N] [--quick]`` from a source checkout;
+``scripts/make_performance_doc.py F`` turns the JSON into docs/performance.md.
 """
 from __future__ import annotations
 
@@ -24,12 +30,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import tifffile
 import torch
 
+import scrollseg
 from scrollseg.config import build_config
 from scrollseg.data.augment import augment_batch
 from scrollseg.data.cache import VolumeCache
@@ -42,6 +49,13 @@ from scrollseg.engine.step import optimizer_step
 from scrollseg.losses import segmentation_loss
 from scrollseg.models import build_model
 from scrollseg.precision import resolve_precision
+
+ROOT = Path(__file__).resolve().parents[1]
+PEERS_VENV = ROOT / ".venv-peers"
+PEER_SCRIPTS = Path(__file__).resolve().parent / "peers"
+SRC = Path(scrollseg.__file__).resolve().parents[1]  # the scrollseg a peer's process imports, this one
+sys.path.insert(0, str(PEER_SCRIPTS))
+from loader_common import time_batches  # noqa: E402  (the same clock on every side)
 
 TILE = (64, 64, 64)
 OVERLAP = 0.5
@@ -66,69 +80,95 @@ def reset_peak_rss() -> float:
     return status_mib("VmRSS")
 
 
+# ---------------------------------------------------------------- peers
+def peer_python(venv: Path) -> str | None:
+    """The interpreter of the peers venv made by ``scripts/peers.sh``, or None without one."""
+    python = venv / "bin" / "python"
+    return str(python) if python.exists() else None
+
+
+def missing_peers_note(peer: str, venv: Path) -> str:
+    return f"{peer}: skipped, no peers venv at {venv} (make it with scripts/peers.sh)"
+
+
+class PeerFailed(Exception):
+    """A peer's process exited with an error; the message is its last line of output."""
+
+
+def run_side(python: str, args: list[str]) -> dict:
+    """One side of a comparison in its own process, with this scrollseg importable; its last
+    line of stdout is its JSON result."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(SRC), os.environ.get("PYTHONPATH", "")) if p))
+    proc = subprocess.run([python, *args], capture_output=True, text=True, env=env)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or lines or ["no output"])[-1]
+        raise PeerFailed(f"exit {proc.returncode}: {tail}")
+    return json.loads(lines[-1])
+
+
 # ---------------------------------------------------------------- 1. loader
-class NaiveDataset(torch.utils.data.Dataset):
-    """The common notebook pattern: decode both TIFFs per sample, crop, augment in numpy."""
-
-    def __init__(self, refs, patch, length, fg_fraction, seed):
-        self.refs, self.patch, self.length, self.fg, self.seed = refs, patch, length, fg_fraction, seed
-
-    def __len__(self):
-        return self.length
-
-    def __getitem__(self, i):
-        rng = np.random.default_rng([self.seed, i])
-        ref = self.refs[rng.integers(len(self.refs))]
-        image, label = tifffile.imread(ref.image), tifffile.imread(ref.label)
-        p = np.asarray(self.patch)
-        if rng.random() < self.fg:
-            fg = np.argwhere(label == 1)
-            centre = fg[rng.integers(len(fg))] if len(fg) else np.asarray(image.shape) // 2
-            start = np.clip(centre - p // 2, 0, np.asarray(image.shape) - p)
-        else:
-            start = np.array([rng.integers(0, s - q + 1) for s, q in zip(image.shape, p)])
-        sl = tuple(slice(a, a + q) for a, q in zip(start, p))
-        x, y = image[sl].astype(np.float32) / 255.0, label[sl]
-        for axis in range(3):
-            if rng.random() < 0.5:
-                x, y = np.flip(x, axis), np.flip(y, axis)
-        k = rng.integers(4)
-        x, y = np.rot90(x, k, (1, 2)), np.rot90(y, k, (1, 2))
-        x = x ** rng.uniform(0.7, 1.3)
-        x = (x - x.mean()) / (x.std() + 1e-6) * rng.uniform(0.85, 1.15) + rng.uniform(-0.1, 0.1)
-        x = x + rng.normal(0, 0.05, x.shape).astype(np.float32)
-        return torch.from_numpy(np.ascontiguousarray(x)[None]), torch.from_numpy(np.ascontiguousarray(y)[None])
+def scrollseg_batches(volumes, cfg, workers: int, steps: int, device: torch.device):
+    """scrollseg's patches as the trainer receives them: the sampler cuts the enlarged crops in
+    the loader's workers, then ``augment_batch`` resamples the patch from them with the
+    preset's augmentation on the training device."""
+    sampler = PatchSampler(volumes, cfg.data.patch_size, cfg.data.batch_size, cfg.data.foreground_fraction, seed=0, augment=cfg.augment)
+    for step, _, batch in make_loader(sampler, 0, steps, 1, workers, pin_memory=device.type == "cuda"):
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        gen = torch.Generator().manual_seed(step)
+        yield augment_batch(batch["image"], batch["label"], batch["mean"], batch["std"], cfg.augment, gen, cfg.data.patch_size)
 
 
-def bench_loader(data: Path, workers: int, batches: int = 20) -> dict:
-    cfg = build_config("default")
+LOADER_PEERS = {"nnunet": ("nnU-Net", "nnunet_loader.py"), "monai": ("MONAI", "monai_loader.py")}
+
+
+def bench_loader(data: Path, workers: int, batches: int, peers_venv: Path, preset: str = "default",
+                 overrides: tuple[str, ...] = (), warmup: int = 2, windows: int = 1) -> dict:
+    """Augmented patches/s delivered to the step by scrollseg, nnU-Net and MONAI: same volumes,
+    patch, batch, workers and share of foreground patches, each side's own augmentation;
+    the timed batches are also reported in ``windows`` windows, to show the spread."""
+    cfg = build_config(preset, list(overrides))
     patch, batch = cfg.data.patch_size, cfg.data.batch_size
-    refs = list_volumes(data, "train")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cache = VolumeCache(data / "cache", cfg.data.max_voxels)
     t0 = time.perf_counter()
-    volumes = [cache.load(r) for r in refs]
+    volumes = [cache.load(r) for r in list_volumes(data, "train")]
     cache_s = time.perf_counter() - t0
-    sampler = PatchSampler(volumes, patch, batch, cfg.data.foreground_fraction, seed=0)
-    gen = torch.Generator().manual_seed(0)
-
-    def ours():
-        n = 0
-        for _, _, b in make_loader(sampler, 0, batches, 1, workers, pin_memory=False):
-            x, y = augment_batch(b["image"], b["label"], b["mean"], b["std"], cfg.augment, gen)
-            n += x.shape[0]
-        return n
-
-    def naive():
-        loader = torch.utils.data.DataLoader(NaiveDataset(refs, patch, batches * batch, cfg.data.foreground_fraction, 0), batch_size=batch, num_workers=workers)
-        return sum(x.shape[0] for x, _ in loader)
-
-    rates = {}
-    for name, fn in (("scrollseg", ours), ("naive", naive)):
-        t0 = time.perf_counter()
-        n = fn()
-        rates[name] = n / (time.perf_counter() - t0)
-    return {"loader_patches_per_s": rates["scrollseg"], "naive_loader_patches_per_s": rates["naive"],
-            "loader_speedup": rates["scrollseg"] / rates["naive"], "cache_build_s": cache_s, "loader_patch": patch}
+    ours = time_batches(scrollseg_batches(volumes, cfg, workers, warmup + batches, device), warmup, batches, windows)
+    out = {
+        "loader_patches_per_s": ours["patches_per_s"],
+        "cache_build_s": cache_s,
+        "scrollseg_loader_details": {k: v for k, v in ours.items() if k != "patches_per_s"},
+        "loader_setup": {"preset": preset, "patch": list(patch), "batch": batch, "workers": workers, "batches_timed": batches, "windows": windows,
+                         "foreground_fraction": cfg.data.foreground_fraction, "volumes": [list(v.shape) for v in volumes],
+                         "device": device.type, "augment": asdict(cfg.augment)},
+        "notes": [],
+    }
+    python = peer_python(peers_venv)
+    with tempfile.TemporaryDirectory() as work:
+        for key, (name, script) in LOADER_PEERS.items():
+            out[f"{key}_loader_patches_per_s"] = out[f"loader_vs_{key}"] = None
+            if python is None:
+                out["notes"].append(missing_peers_note(name, peers_venv))
+                continue
+            args = [str(PEER_SCRIPTS / script), "--data", str(data), "--work", str(Path(work) / key), "--patch", *map(str, patch),
+                    "--batch", str(batch), "--workers", str(workers), "--foreground", str(cfg.data.foreground_fraction),
+                    "--warmup", str(warmup), "--batches", str(batches), "--windows", str(windows)]
+            try:
+                result = run_side(python, args)
+            except PeerFailed as exc:
+                out["notes"].append(f"{name}: loader failed, {exc}")
+                continue
+            out[f"{key}_loader_patches_per_s"] = result["patches_per_s"]
+            out[f"loader_vs_{key}"] = ours["patches_per_s"] / result["patches_per_s"]
+            out[f"{key}_loader_details"] = {k: v for k, v in result.items() if k != "patches_per_s"}
+    measured = {key: out[f"{key}_loader_patches_per_s"] for key in LOADER_PEERS if out[f"{key}_loader_patches_per_s"]}
+    strongest = max(measured, key=measured.get) if measured else None
+    out["loader_strongest_peer"] = LOADER_PEERS[strongest][0] if strongest else None
+    out["loader_speedup"] = out[f"loader_vs_{strongest}"] if strongest else None
+    for note in out["notes"]:
+        say(note)
+    return out
 
 
 # ---------------------------------------------------------------- 2. training step
@@ -214,7 +254,7 @@ def _inference_worker(side: str, state_path: str) -> None:
     before = reset_peak_rss()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     with torch.inference_mode():
         if side == "scrollseg":
             from scrollseg.inference.sliding_window import sliding_window
@@ -230,47 +270,66 @@ def _inference_worker(side: str, state_path: str) -> None:
                                            roi_weight_map=gaussian_weights(TILE, device))
     if device.type == "cuda":
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
     peak = status_mib("VmHWM") - before
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20
     torch.save(out.float().cpu(), state_path + f".{side}.out")
-    print(json.dumps({"seconds": seconds, "peak_mib": peak}))
+    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds, "peak_mib": peak}))
 
 
-def _compare(state: dict, repeats: int) -> tuple[dict, float]:
+def _compare(state: dict, repeats: int, monai_python: str | None, notes: list[str]) -> tuple[dict, float | None]:
+    """Each side's best seconds and peak memory over ``repeats`` fresh processes, and the
+    largest difference of their outputs; MONAI's side runs with the peers' python, when
+    there is one, and a failure of it becomes a note."""
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "state.pt")
         torch.save(state, path)
-        for side in ("scrollseg", "monai"):
-            runs = []
-            for _ in range(repeats):
-                proc = subprocess.run([sys.executable, __file__, "_inference", side, path], capture_output=True, text=True, check=True)
-                runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-            results[side] = {"seconds": min(r["seconds"] for r in runs), "peak_mib": min(r["peak_mib"] for r in runs)}
-        difference = float((torch.load(path + ".scrollseg.out") - torch.load(path + ".monai.out")).abs().max())
+        for side, python in (("scrollseg", sys.executable), ("monai", monai_python)):
+            if python is None:
+                continue
+            try:
+                runs = [run_side(python, [__file__, "_inference", side, path]) for _ in range(repeats)]
+            except PeerFailed as exc:
+                if side == "scrollseg":
+                    raise
+                notes.append(f"MONAI inference: failed, {exc}")
+                continue
+            results[side] = {key: min(r[key] for r in runs) for key in ("seconds", "cpu_seconds", "peak_mib")}
+        difference = None
+        if "monai" in results:
+            difference = float((torch.load(path + ".scrollseg.out") - torch.load(path + ".monai.out")).abs().max())
     return results, difference
 
 
-def bench_inference(repeats: int = 2) -> dict:
+def bench_inference(peers_venv: Path, repeats: int = 2) -> dict:
     torch.manual_seed(0)
     model = build_model(build_config("tiny").model).eval()
-    results, difference = _compare({"model": model.state_dict(), "volume": torch.randn(1, 1, *VOLUME)}, repeats)
-    blend, _ = _compare({"volume": torch.randn(1, 1, 320, 320, 320)}, 1)
+    python = peer_python(peers_venv)
+    notes = [] if python else [missing_peers_note("MONAI inference", peers_venv)]
+    results, difference = _compare({"model": model.state_dict(), "volume": torch.randn(1, 1, *VOLUME)}, repeats, python, notes)
+    blend, _ = _compare({"volume": torch.randn(1, 1, 320, 320, 320)}, 1, python if "monai" in results else None, notes)
     voxels = float(np.prod(VOLUME))
+    ours, theirs = results["scrollseg"], results.get("monai")
+    ours_blend, their_blend = blend["scrollseg"], blend.get("monai")
+    for note in notes:
+        say(note)
     return {
-        "inference_voxels_per_s": voxels / results["scrollseg"]["seconds"],
-        "monai_voxels_per_s": voxels / results["monai"]["seconds"],
-        "inference_speedup": results["monai"]["seconds"] / results["scrollseg"]["seconds"],
-        "inference_peak_mib": results["scrollseg"]["peak_mib"],
-        "monai_peak_mib": results["monai"]["peak_mib"],
-        "inference_peak_memory_ratio": results["scrollseg"]["peak_mib"] / results["monai"]["peak_mib"],
+        "inference_voxels_per_s": voxels / ours["seconds"],
+        "monai_voxels_per_s": voxels / theirs["seconds"] if theirs else None,
+        "inference_speedup": theirs["seconds"] / ours["seconds"] if theirs else None,
+        # on the CPU, the ratio of CPU time: the same comparison, unmoved by other work on a shared machine
+        "inference_cpu_time_speedup": theirs["cpu_seconds"] / ours["cpu_seconds"] if theirs and not torch.cuda.is_available() else None,
+        "inference_peak_mib": ours["peak_mib"],
+        "monai_peak_mib": theirs["peak_mib"] if theirs else None,
+        "inference_peak_memory_ratio": ours["peak_mib"] / theirs["peak_mib"] if theirs else None,
         "inference_max_abs_difference": difference,
-        "blend_peak_mib_320": blend["scrollseg"]["peak_mib"],
-        "monai_blend_peak_mib_320": blend["monai"]["peak_mib"],
-        "inference_blend_peak_memory_ratio": blend["scrollseg"]["peak_mib"] / blend["monai"]["peak_mib"],
+        "blend_peak_mib_320": ours_blend["peak_mib"],
+        "monai_blend_peak_mib_320": their_blend["peak_mib"] if their_blend else None,
+        "inference_blend_peak_memory_ratio": ours_blend["peak_mib"] / their_blend["peak_mib"] if their_blend else None,
         "inference_setup": {"volume": VOLUME, "tile": TILE, "overlap": OVERLAP, "tile_batch": 4, "model": "tiny preset"},
+        "notes": notes,
     }
 
 
@@ -349,56 +408,70 @@ def bench_data_wait(data: Path, steps: int) -> dict:
     return {"data_wait_fraction": summary["data_wait"]}
 
 
-def run_all(json_path: str | None = None, workers: int = 2, quick: bool = False) -> dict:
-    out: dict = {"device": "cuda" if torch.cuda.is_available() else "cpu", "cpu_count": os.cpu_count(), "torch": torch.__version__}
+def merge(out: dict, stage: dict) -> None:
+    """Add a stage's figures to the results; notes accumulate."""
+    out["notes"].extend(stage.pop("notes", []))
+    out.update(stage)
+
+
+def run_all(json_path: str | None = None, workers: int = 2, quick: bool = False, peers_venv: Path = PEERS_VENV) -> dict:
+    out: dict = {"device": "cuda" if torch.cuda.is_available() else "cpu", "cpu_count": len(os.sched_getaffinity(0)),
+                 "torch": torch.__version__, "quick": quick, "notes": []}
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         say("making data ...")
         write_dataset(data, n_train=2, n_test=0, size=(192, 192, 192) if quick else (320, 320, 320), seed=1)
         say("1/5 loader ...")
-        out.update(bench_loader(data, workers, batches=10 if quick else 20))
+        merge(out, bench_loader(data, workers, batches=8 if quick else 20, peers_venv=peers_venv, windows=2 if quick else 4))
         say("2/5 training step ...")
-        out.update(bench_train_step("default" if torch.cuda.is_available() else "tiny", steps=5 if quick else 20))
+        merge(out, bench_train_step("default" if torch.cuda.is_available() else "tiny", steps=5 if quick else 20))
         say("3/5 inference ...")
-        out.update(bench_inference(repeats=1 if quick else 2))
+        merge(out, bench_inference(peers_venv, repeats=1 if quick else 2))
         say("4/5 scoring ...")
-        out.update(bench_score())
+        merge(out, bench_score())
         say("5/5 data wait ...")
         small = Path(tmp) / "small"
         write_dataset(small, n_train=4, n_test=0, seed=2)
-        out.update(bench_data_wait(small, steps=40 if quick else 150))
+        merge(out, bench_data_wait(small, steps=40 if quick else 150))
     print(format_report(out))
     if json_path:
         Path(json_path).write_text(json.dumps(out, indent=2))
     return out
 
 
+def _fmt(value, spec: str, unit: str = "", scale: float = 1.0) -> str:
+    """A figure, or n/a where its comparison was skipped."""
+    return f"{'n/a':>{len(format(0.0, spec))}}" if value is None else f"{value / scale:{spec}}{unit}"
+
+
 def _score_lines(r: dict) -> list[str]:
     lines = []
     for case, c in r["score_cases"].items():
         p = c["parts"]
-        lines.append(
-            f"{'scoring':<10} {c['seconds']:>10.2f} s    {'56-85 s':>13} {56 / c['seconds']:>6.1f}x  official code per 320^3 as reported "
-            f"(topology 55-76 s, ~5 GB); {case}"
-        )
-        lines.append(
-            f"{'':<10} topology {p['topology']:.2f} s (official 55-76 s), surface Dice {p['surface_dice']:.2f} s, "
-            f"VOI {p['voi']:.2f} s; peak {c['peak_mib']:.0f} MiB above the inputs (official ~5 GB)"
-        )
+        lines.append(f"{'scoring':<10} {c['seconds']:>10.2f} s per 320^3 volume, one core ({case}): topology {p['topology']:.2f} s, "
+                     f"surface Dice {p['surface_dice']:.2f} s, VOI {p['voi']:.2f} s; peak {c['peak_mib']:.0f} MiB above the inputs")
     lines.append(f"{'':<10} first use compiles the kernels once: {r['score_compile_seconds']:.1f} s")
     return lines
 
 
 def format_report(r: dict) -> str:
+    setup = r["loader_setup"]
+    same = f"patch {'x'.join(map(str, setup['patch']))}, batch {setup['batch']}, {setup['workers']} workers"
     return "\n".join([
-        f"{'stage':<10} {'scrollseg':>16} {'baseline':>16} {'ratio':>7}  baseline",
-        f"{'loader':<10} {r['loader_patches_per_s']:>10.1f} p/s  {r['naive_loader_patches_per_s']:>10.2f} p/s {r['loader_speedup']:>6.1f}x  decode LZW + numpy augment per sample, same workers",
+        f"{'stage':<10} {'scrollseg':>16} {'peer':>16} {'ratio':>7}  peer",
+        f"{'loader':<10} {r['loader_patches_per_s']:>10.2f} p/s  {_fmt(r['nnunet_loader_patches_per_s'], '>10.2f', ' p/s')} "
+        f"{_fmt(r['loader_vs_nnunet'], '>6.2f', 'x')}  nnU-Net v2 data loader + default augmentation ({same})",
+        f"{'':<10} {'':>16}  {_fmt(r['monai_loader_patches_per_s'], '>10.2f', ' p/s')} "
+        f"{_fmt(r['loader_vs_monai'], '>6.2f', 'x')}  MONAI CacheDataset + RandCropByPosNegLabeld + the same augmentations",
         f"{'train':<10} {r['train_tuned_samples_per_s']:>10.2f} s/s  {r['train_plain_samples_per_s']:>10.2f} s/s {r['train_step_speedup']:>6.2f}x  plain AMP step, eager ({r['train_preset']} preset)",
-        f"{'inference':<10} {r['inference_voxels_per_s'] / 1e6:>8.2f} Mvox/s  {r['monai_voxels_per_s'] / 1e6:>8.2f} Mvox/s {r['inference_speedup']:>6.2f}x  MONAI sliding_window_inference (max |diff| {r['inference_max_abs_difference']:.1e})",
-        f"{'memory':<10} {r['inference_peak_mib']:>10.0f} MiB  {r['monai_peak_mib']:>10.0f} MiB {r['inference_peak_memory_ratio']:>6.2f}x  peak with the model, ours / MONAI's",
-        f"{'blending':<10} {r['blend_peak_mib_320']:>10.0f} MiB  {r['monai_blend_peak_mib_320']:>10.0f} MiB {r['inference_blend_peak_memory_ratio']:>6.2f}x  peak of blending alone, 320^3, ours / MONAI's",
+        f"{'inference':<10} {r['inference_voxels_per_s'] / 1e6:>8.2f} Mvox/s  {_fmt(r['monai_voxels_per_s'], '>8.2f', ' Mvox/s', 1e6)} "
+        f"{_fmt(r['inference_speedup'], '>6.2f', 'x')}  MONAI sliding_window_inference (max |diff| {_fmt(r['inference_max_abs_difference'], '.1e')}); "
+        f"CPU time {_fmt(r.get('inference_cpu_time_speedup'), '.2f', 'x')}",
+        f"{'memory':<10} {r['inference_peak_mib']:>10.0f} MiB  {_fmt(r['monai_peak_mib'], '>10.0f', ' MiB')} {_fmt(r['inference_peak_memory_ratio'], '>6.2f', 'x')}  peak with the model, ours / MONAI's",
+        f"{'blending':<10} {r['blend_peak_mib_320']:>10.0f} MiB  {_fmt(r['monai_blend_peak_mib_320'], '>10.0f', ' MiB')} {_fmt(r['inference_blend_peak_memory_ratio'], '>6.2f', 'x')}  peak of blending alone, 320^3, ours / MONAI's",
         *_score_lines(r),
         f"{'data wait':<10} {r['data_wait_fraction']:>10.1%}      of step time, tiny preset, 1 worker",
+        *(f"note: {n}" for n in r["notes"]),
     ])
 
 

@@ -242,9 +242,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--platform", help="target platform, e.g. manylinux2014_x86_64 (default: this one)")
     p.set_defaults(func=cmd_wheelhouse)
 
-    p = command("bench", "speed of each stage against named baselines (from a source checkout)")
+    p = command("bench", "speed of each stage against nnU-Net v2 and MONAI (from a source checkout; peers from scripts/peers.sh)")
     p.add_argument("--json", metavar="FILE", help="also write the figures to this JSON file")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader workers for both loaders")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers for every loader compared")
     p.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
     p.set_defaults(func=cmd_bench)
 
