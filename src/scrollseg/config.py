@@ -28,7 +28,11 @@ class DataConfig:
     val_fraction: float = 0.2
     split_by: str = "volume"  # "volume" or "scroll"
     val_ids: list[str] = field(default_factory=list)  # overrides the random split when set
-    cache_dir: str = ""  # empty: RUN/cache
+    cache_mode: str = "auto"  # "decoded", "compressed", "none" or "auto": the first that fits the disk (scrollseg/data/cache.py)
+    cache_dir: str = ""  # empty: RUN/cache, or /tmp/scrollseg-cache when RUN is in Kaggle's /kaggle/working
+    cache_workers: int = 0  # processes that build the cache; 0: one per core, at most 8
+    volumes_in_memory: int = 4  # cache_mode none: decoded volumes per loader worker, and the pool each window of steps draws from
+    patches_per_volume: int = 32  # cache_mode none: patches each pooled volume serves per window
     max_voxels: int = 1024**3  # TIFFs announcing more are refused before decoding
 
 
@@ -101,6 +105,7 @@ class InferenceConfig:
     overlap: float = 0.5
     tile_batch: int = 4
     tta: bool = False
+    tta_flips: int = 8  # flips averaged with tta: 8 (all), 4 (identity and single axes) or 1
     threshold: float = 0.5
     hysteresis_low: float = 0.0  # > 0: keep components above it that reach ``threshold``
     min_component: int = 64  # 26-connected components smaller than this are removed
@@ -251,11 +256,15 @@ def validate(cfg: Config) -> None:
     need(cfg.data.batch_size >= 1, "data.batch_size must be at least 1")
     need(0.0 <= cfg.data.foreground_fraction <= 1.0, "data.foreground_fraction must lie in [0, 1]")
     need(cfg.data.split_by in ("volume", "scroll"), "data.split_by must be 'volume' or 'scroll'")
+    need(cfg.data.cache_mode in ("auto", "decoded", "compressed", "none"), "data.cache_mode must be auto, decoded, compressed or none")
+    need(cfg.data.cache_workers >= 0, "data.cache_workers must be at least 0")
+    need(cfg.data.volumes_in_memory >= 1 and cfg.data.patches_per_volume >= 1, "data.volumes_in_memory and data.patches_per_volume must be at least 1")
     need(cfg.optim.name in ("sgd", "adamw"), "optim.name must be 'sgd' or 'adamw'")
     need(cfg.optim.schedule in ("cosine", "poly", "constant"), "optim.schedule must be cosine, poly or constant")
     need(cfg.optim.accumulation >= 1, "optim.accumulation must be at least 1")
     need(cfg.train.precision in ("auto", "bf16", "fp16", "fp32"), "train.precision must be auto, bf16, fp16 or fp32")
     need(0.0 <= cfg.inference.overlap < 1.0, "inference.overlap must lie in [0, 1)")
+    need(1 <= cfg.inference.tta_flips <= 8, "inference.tta_flips must lie in 1..8")
     need(0.0 <= cfg.augment.spatial_prob <= 1.0, "augment.spatial_prob must lie in [0, 1]")
     need(cfg.train.compile in ("auto", "on", "off"), "train.compile must be auto, on or off")
     need(cfg.train.val_scoring in ("auto", "background", "inline"), "train.val_scoring must be auto, background or inline")
@@ -288,7 +297,7 @@ def diff(a: Config, b: Config) -> list[str]:
 
 # settings that may differ between sessions of one run: budgets, bookkeeping, inference
 RESUMABLE_CHANGES = ("train.steps", "train.minutes", "train.time_limit", "train.checkpoint", "train.val_every", "train.val_scoring",
-                     "train.log_every", "train.keep_last", "train.threads", "data.num_workers", "inference.")
+                     "train.log_every", "train.keep_last", "train.threads", "data.num_workers", "data.cache", "inference.")
 
 
 def check_resumable(saved: Config, wanted: Config, allow_change=(), where: str | Path = "run") -> None:

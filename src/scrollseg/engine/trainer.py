@@ -24,10 +24,10 @@ from .. import __version__, dist
 from ..checkpoint import RunDir
 from ..config import Config, dump_yaml
 from ..data.augment import augment_batch
-from ..data.cache import VolumeCache
+from ..data.cache import VolumeCache, cache_folder, prepare_cache
 from ..data.layout import VolumeRef, list_volumes
 from ..data.loader import make_loader
-from ..data.sampler import PatchSampler
+from ..data.sampler import PatchSampler, volume_pool
 from ..errors import DataError, ScrollsegError
 from ..losses import segmentation_loss
 from ..models import build_model
@@ -227,8 +227,10 @@ class Trainer:
             yield to_memory_format(x, self.speed), y
 
     def _open_batches(self):
-        sampler = PatchSampler(self.train_volumes, self.cfg.data.patch_size, self.state.micro_batch, self.cfg.data.foreground_fraction,
-                               self.cfg.train.seed, self.info.rank, self.info.world)
+        d = self.cfg.data
+        pool = volume_pool(d.volumes_in_memory, d.patches_per_volume, self.global_batch) if self.data_mode == "none" else None
+        sampler = PatchSampler(self.train_volumes, d.patch_size, self.state.micro_batch, d.foreground_fraction,
+                               self.cfg.train.seed, self.info.rank, self.info.world, pool)
         return iter(make_loader(sampler, self.state.step, self.total_steps, self.state.accumulation, self.cfg.data.num_workers,
                                 self.device.type == "cuda"))
 
@@ -336,10 +338,14 @@ class Trainer:
         if not refs:
             raise DataError(f"{self.data_dir}: the train set is empty (no id of train.csv has both image and label); check the folder")
         train_refs, val_refs = split_volumes(refs, self.cfg)
-        cache = VolumeCache(self.cfg.data.cache_dir or self.run_dir.root / "cache", self.cfg.data.max_voxels)
-        if self.main:  # rank 0 decodes the TIFFs; the others wait and then memory-map the same files
-            for ref in refs:
-                cache.load(ref)
+        d = self.cfg.data
+        folder = cache_folder(d.cache_dir, self.run_dir.root)
+        choice = prepare_cache(refs, d.cache_mode, folder, d.max_voxels) if self.main else None
+        self.data_mode = dist.all_gather_object(choice and choice.mode, self.info)[0]  # rank 0 decides for all
+        cache = VolumeCache(folder, d.max_voxels, self.data_mode, d.volumes_in_memory)
+        if self.main:  # rank 0 builds the cache; the others wait and then open the same entries
+            say(f"data: {len(refs)} volumes, {choice.describe()}")
+            cache.build(refs, d.cache_workers, self.progress)
         dist.barrier(self.info)
         return [cache.load(r) for r in train_refs], [cache.load(r) for r in val_refs][: self.cfg.train.val_volumes or None]
 
