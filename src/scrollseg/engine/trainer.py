@@ -32,7 +32,7 @@ from ..errors import DataError, ScrollsegError
 from ..losses import segmentation_loss
 from ..models import build_model
 from ..precision import resolve_precision
-from .deadline import Clock, StopSignals
+from .deadline import Clock, StopSignals, checkpoint_estimate_s
 from .log import MetricsLog, say
 from .monitor import GpuMonitor
 from .schedule import learning_rate
@@ -163,7 +163,8 @@ class Trainer:
         self.speed = resolve_speed(cfg.train, self.device)
         self.net = self._wrap(speed_up(self.model, self.speed), strategy)
         self.scorer = BackgroundScorer() if self.main and background_scoring(cfg, self.device) else None
-        self.clock = Clock(cfg.train.minutes, cfg.train.time_limit, cfg.train.checkpoint_minutes)
+        self.clock = Clock(cfg.train.minutes, cfg.train.time_limit, cfg.train.checkpoint_minutes,
+                           checkpoint_estimate_s(sum(p.numel() * p.element_size() for p in self.model.parameters())))
         self.stop_reason = ""
 
     # ---- the loop
@@ -297,11 +298,12 @@ class Trainer:
         }
 
     def checkpoint(self) -> None:
+        started = time.monotonic()
         rngs = {str(rank): s for rank, s in enumerate(dist.all_gather_object(own_rng_state(), self.info))}  # every rank takes part
         if self.main:
             finished = self.state.step >= self.total_steps
             self.run_dir.save(self._checkpoint_dict(rngs), self.state.step, self.cfg.train.keep_last, final=finished or self.stop_reason == "minutes")
-        self.clock.checkpointed()
+        self.clock.checkpointed(time.monotonic() - started)
 
     def resume(self) -> None:
         ckpt = self.run_dir.load_newest_valid()
