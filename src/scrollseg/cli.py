@@ -41,8 +41,15 @@ def cmd_predict(args) -> None:
         overrides["tta"] = args.tta
     if args.threshold is not None:
         overrides["threshold"] = args.threshold
-    out = predict(args.checkpoint, args.images, args.out, args.csv, args.device, overrides, devices=args.devices)
+    out = predict(args.checkpoint, args.images, args.out, args.csv, args.device, overrides, devices=args.devices, time_limit=args.time_limit)
     print(f"wrote {out}")
+
+
+def cmd_export(args) -> None:
+    from .export import export_weights
+
+    out = export_weights(args.run, args.out)
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, fp16 weights and config)")
 
 
 def cmd_score(args) -> None:
@@ -119,7 +126,13 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", default="1", help="processes to spread the volumes over: a number or 'auto' (every GPU)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--threshold", type=float)
+    p.add_argument("--time-limit", help="finish within this wall time from the session start (e.g. 8h30m), lowering the flip TTA as needed")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="weights-only fp16 copy of a run's checkpoint, for predict")
+    p.add_argument("run", help="run folder (best, final or last checkpoint) or .pt file")
+    p.add_argument("out", help="the .pt file to write")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("score", help="leaderboard metric of predictions against labels")
     p.add_argument("labels", help="folder of <id>.tif labels")
