@@ -52,6 +52,15 @@ def cmd_export(args) -> None:
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, fp16 weights and config)")
 
 
+def cmd_plan(args) -> None:
+    from .plan import format_plan, make_plan, write_json
+
+    plan = make_plan(args.data, args.preset, args.hours, args.gpus, args.test_volumes, args.steps, args.cache_dir)
+    print(format_plan(plan))
+    if args.json:
+        write_json(plan, args.json)
+
+
 def cmd_score(args) -> None:
     from .api import score
     from .metrics.evaluate import format_table, write_reports
@@ -133,6 +142,17 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder (best, final or last checkpoint) or .pt file")
     p.add_argument("out", help="the .pt file to write")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("plan", help="disk, memory, steps per hour, sessions and submission time for a dataset on this machine")
+    p.add_argument("data", help="dataset root in the competition layout")
+    p.add_argument("--preset", default="default", help="preset name or .yaml file")
+    p.add_argument("--hours", type=float, default=12.0, help="hours per session (Kaggle: 12)")
+    p.add_argument("--gpus", type=int, help="devices to plan for (default: the GPUs here, else 1)")
+    p.add_argument("--test-volumes", type=int, help="test volumes to predict (default: those in DATA/test_images)")
+    p.add_argument("--steps", type=int, default=3, help="training steps to time")
+    p.add_argument("--cache-dir", help="where the cache would go (default: as training would choose for ./run)")
+    p.add_argument("--json", help="also write the figures to this file")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("score", help="leaderboard metric of predictions against labels")
     p.add_argument("labels", help="folder of <id>.tif labels")
