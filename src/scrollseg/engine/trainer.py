@@ -345,9 +345,9 @@ class Trainer:
         choice = prepare_cache(refs, d.cache_mode, folder, d.max_voxels) if self.main else None
         self.data_mode = dist.all_gather_object(choice and choice.mode, self.info)[0]  # rank 0 decides for all
         cache = VolumeCache(folder, d.max_voxels, self.data_mode, d.volumes_in_memory)
-        if self.main:  # rank 0 builds the cache; the others wait and then open the same entries
-            say(f"data: {len(refs)} volumes, {choice.describe()}")
-            cache.build(refs, d.cache_workers, self.progress)
+        say(f"data: {len(refs)} volumes, {choice and choice.describe()}", self.main)
+        if self.info.local_rank == 0:  # one builder per node (the cache may be node-local); the others wait, then open it
+            cache.build(refs, d.cache_workers, self.progress and self.main)
         dist.barrier(self.info)
         return [cache.load(r) for r in train_refs], [cache.load(r) for r in val_refs][: self.cfg.train.val_volumes or None]
 
