@@ -6,23 +6,24 @@ decompresses only the 64^3 chunks it overlaps. The file holds a fixed header
 grid, plus the end), then the chunks. Nothing stays open between reads, so
 hundreds of volumes hold no file descriptors.
 
-Why not a library: measured on one core for a synthetic 320^3 chunk (image and
-label), reading random 128^3 patches (``benchmarks/bench_data.py`` has the commands):
+Why not a library: ``benchmarks/bench_data.py --stores`` on one core, synthetic 320^3
+chunks, random 128^3 patches of image and label:
 
-====================================================  =========  ==================
-store                                                 per patch  image + label MB
-====================================================  =========  ==================
-this file (imagecodecs zstd level 1, 64^3 chunks)     17.6 ms    27.7 + 1.0
-python-blosc2 NDArray (zstd 1, 64^3 chunks, 32^3 blk) 15.9 ms    27.7 + 0.9
-zarr 3 (zstd 1, 64^3 chunks)                          47.5 ms    27.7 + 1.0
-imagecodecs lz4, 64^3 chunks                          11.1 ms    31.4 + 4.2
-====================================================  =========  ==================
+=====================================================  =========  ================
+store                                                  per patch  MB per volume
+=====================================================  =========  ================
+this file (imagecodecs zstd level 1, 64^3 chunks)      22 ms      30.1
+python-blosc2 NDArray (zstd 1, 64^3 chunks, 32^3 blk)  11 ms      30.0
+zarr 3 (zstd 1, 64^3 chunks)                           37-46 ms   30.1
+=====================================================  =========  ================
 
-python-blosc2 reads 10% faster at the same size, but brings about fifteen more
-packages into the offline wheelhouse; zarr is three times slower. imagecodecs is
-already needed for the competition's LZW TIFFs and carries zstd, so this store adds
-no dependency. A patch costs far less than the training step it feeds, so the
-smaller zstd file wins over lz4.
+python-blosc2 reads twice as fast (it decompresses only the 32^3 blocks a patch
+touches) at the same size, but its 4.x releases bring twenty more packages (httpx,
+pydantic, rich and theirs) into the offline wheelhouse; zarr is slower still. Neither
+pulls CUDA. imagecodecs is already needed for the competition's
+LZW TIFFs and carries zstd, so this store adds no dependency. 22 ms is 45 patches per
+second per loader worker, while a step of the GPU presets takes 2 patches per GPU: the
+store would limit training only above about 20 steps per second per worker.
 """
 from __future__ import annotations
 
