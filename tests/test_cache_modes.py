@@ -14,6 +14,7 @@ from scrollseg.data.chunkstore import ChunkedArray, write_chunked
 from scrollseg.data.io import read_volume, write_volume
 from scrollseg.data.layout import list_volumes
 from scrollseg.data.sampler import PatchSampler, VolumePool, volume_pool
+from scrollseg.data.volumes import CachedVolume, CompressedVolume, DecodedVolume, SourceVolume
 from scrollseg.engine.trainer import train
 from scrollseg.errors import DataError
 
@@ -48,6 +49,10 @@ def test_every_mode_gives_the_same_patches(small_dataset, tmp_path, fraction):
             assert all(np.array_equal(a[k], b[k]) for k in a), mode
     if fraction:
         assert all((b["label"] == 1).reshape(3, -1).any(1).all() for b in batches["none"])
+    # an entry opens on its own, in its own form
+    for mode, kind in (("decoded", DecodedVolume), ("compressed", CompressedVolume), ("none", SourceVolume)):
+        vol = CachedVolume.open(VolumeCache(tmp_path, 10**9, mode).entry(refs[1]))
+        assert type(vol) is kind and vol.id == refs[1].id and np.array_equal(vol.label, read_volume(refs[1].label))
     files = {mode: sorted(p.name for p in next((tmp_path / mode).iterdir()).iterdir()) for mode in ("decoded", "compressed", "none")}
     assert files == {"decoded": ["foreground.npy", "image.npy", "label.npy", "meta.json"],
                      "compressed": ["foreground.npy", "image.chunks", "label.chunks", "meta.json"],

@@ -60,3 +60,15 @@ def test_the_fp16_export_predicts_like_the_run(small_dataset, tmp_path):
         probs.append(probability_map(model, image, cfg.inference, cfg.tile_size(), torch.device("cpu")))
     assert np.abs(probs[0] - probs[1]).max() < 5e-3
     assert export_weights(tmp_path / "model.pt", tmp_path / "again.pt").stat().st_size == (tmp_path / "model.pt").stat().st_size
+
+
+def test_a_weight_average_is_what_is_exported(tmp_path):
+    from scrollseg.checkpoint import atomic_save
+    from scrollseg.models import build_model
+
+    cfg = build_config("tiny", tiny_overrides())
+    weights = build_model(cfg.model).state_dict()
+    average = {k: v + 1 if v.is_floating_point() else v for k, v in weights.items()}
+    atomic_save({"model": weights, "ema": {"model": average}, "config": cfg.to_dict(), "step": 5}, tmp_path / "run.pt")
+    exported = load_checkpoint(export_weights(tmp_path / "run.pt", tmp_path / "model.pt"))["model"]
+    assert all(torch.equal(exported[k], average[k].half() if average[k].is_floating_point() else average[k]) for k in average)

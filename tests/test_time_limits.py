@@ -50,6 +50,7 @@ def test_the_reserve_is_a_measured_checkpoint_and_step(monkeypatch):
     monkeypatch.setenv(SESSION_START_ENV, str(start - 1000))  # the session began 1000 s ago
     clock = Clock(0, "18m20s", 30, checkpoint_estimate_s=10)  # 1100 s: 100 s left
     assert clock.reserve_s() == 1.5 * 10 + 30  # 45 s before anything was timed
+    assert clock.deadline_s == pytest.approx(100 - 45, abs=1)  # seconds after the clock's start
     assert not clock.deadline_near()
     clock_now.now += 12  # a 12 s loop pass ...
     clock.checkpointed(20)  # ... and a 20 s checkpoint after it

@@ -1,7 +1,7 @@
 """Weights-only fp16 export of a run, for prediction and for sharing.
 
-``scrollseg export RUN OUT.pt`` keeps the model's floating-point tensors in fp16 and
-the config the model is rebuilt from; no optimizer state, RNG states or history. The
+``scrollseg export RUN OUT.pt`` keeps the model's floating-point tensors in fp16 (the
+weight average instead, when the run kept one) and the config the model is rebuilt from; no optimizer state, RNG states or history. The
 file is a normal checkpoint to ``predict`` (loading casts the weights back to fp32)
 and about a sixth of a training checkpoint with SGD momentum or AdamW.
 """
@@ -24,7 +24,8 @@ def export_weights(source: Path | str, out: Path | str) -> Path:
     path = resolve_checkpoint(source)
     ckpt = load_checkpoint(path)
     weights = {}
-    for name, tensor in ckpt["model"].items():
+    # the weight average, when the run kept one, is what was validated and what predict uses
+    for name, tensor in (ckpt["ema"]["model"] if ckpt.get("ema") else ckpt["model"]).items():
         if tensor.is_floating_point():
             if tensor.numel() and tensor.abs().max().item() > FP16_MAX:
                 raise CheckpointError(f"{path}: weight {name} exceeds the fp16 range; this model cannot be exported in fp16")

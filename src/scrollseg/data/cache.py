@@ -41,7 +41,7 @@ from ..errors import DataError
 from .chunkstore import write_chunked
 from .io import read_header_shape, read_volume
 from .layout import VolumeRef
-from .volumes import CachedVolume, CompressedVolume, DecodedVolume, SourceVolume, foreground_counts
+from .volumes import CachedVolume, foreground_counts
 
 CACHE_VERSION = 2
 MODES = ("decoded", "compressed", "none")
@@ -115,7 +115,8 @@ def build_entry(ref: VolumeRef, entry: Path, mode: str, max_voxels: int) -> int:
         counts = foreground_counts(label) if label is not None else np.zeros((0,), np.int32)
         files["foreground.npy"] = _save_npy(entry / "foreground.npy", counts)
         mean, std = intensity_stats(image)
-        meta = {"id": ref.id, "shape": list(image.shape), "has_label": label is not None, "mean": mean, "std": std, "mode": mode, "files": files}
+        meta = {"id": ref.id, "shape": list(image.shape), "has_label": label is not None, "mean": mean, "std": std, "mode": mode, "files": files,
+                "image": str(ref.image.resolve()), "label": str(ref.label.resolve()) if ref.label is not None else "", "max_voxels": max_voxels}
         tmp = entry / f"meta.json.tmp{os.getpid()}"
         tmp.write_text(json.dumps(meta))
         os.replace(tmp, entry / "meta.json")  # written last: its presence marks a complete entry
@@ -227,18 +228,9 @@ class VolumeCache:
     def load(self, ref: VolumeRef) -> CachedVolume:
         """The opened volume; its entry is built first when missing."""
         entry = self.entry(ref)
-        meta = self.entry_meta(entry)
-        if meta is None:
+        if self.entry_meta(entry) is None:
             build_entry(ref, entry, self.mode, self.max_voxels)
-            meta = self.entry_meta(entry)
-        counts = np.load(entry / "foreground.npy")
-        common = dict(id=ref.id, shape=tuple(meta["shape"]), mean=meta["mean"], std=meta["std"], has_label=meta["has_label"],
-                      foreground_ends=np.cumsum(counts.ravel(), dtype=np.int64))
-        if self.mode == "decoded":
-            return DecodedVolume(**common, entry=entry)
-        if self.mode == "compressed":
-            return CompressedVolume(**common, entry=entry)
-        return SourceVolume(**common, image_path=ref.image, label_path=ref.label, max_voxels=self.max_voxels, keep=self.volumes_in_memory)
+        return CachedVolume.open(entry, self.volumes_in_memory)
 
 
 def cache_folder(cache_dir: str, run_root: Path | str) -> Path:

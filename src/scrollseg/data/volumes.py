@@ -15,6 +15,7 @@ uniform draw over all surface voxels. The index costs 8 bytes per block (8 KB fo
 """
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,23 @@ class CachedVolume:
     std: float
     has_label: bool
     foreground_ends: np.ndarray = field(repr=False)  # int64 running surface-voxel count over the blocks (C order)
+    entry: Path = Path()  # the cache entry it was opened from
+
+    @staticmethod
+    def open(entry: Path | str, keep: int = 4) -> "CachedVolume":
+        """The volume of a complete cache entry, in the entry's form; ``keep``: decoded
+        volumes a process keeps when the entry has no voxels of its own."""
+        entry = Path(entry)
+        meta = json.loads((entry / "meta.json").read_text())
+        counts = np.load(entry / "foreground.npy")
+        common = dict(id=meta["id"], shape=tuple(meta["shape"]), mean=meta["mean"], std=meta["std"], has_label=meta["has_label"],
+                      foreground_ends=np.cumsum(counts.ravel(), dtype=np.int64), entry=entry)
+        if meta["mode"] == "decoded":
+            return DecodedVolume(**common)
+        if meta["mode"] == "compressed":
+            return CompressedVolume(**common)
+        label = Path(meta["label"]) if meta["label"] else None
+        return SourceVolume(**common, image_path=Path(meta["image"]), label_path=label, max_voxels=meta["max_voxels"], keep=keep)
 
     @property
     def foreground_count(self) -> int:
@@ -122,8 +140,6 @@ def _box(lo, hi) -> tuple[slice, ...]:
 
 @dataclass(eq=False)
 class DecodedVolume(CachedVolume):
-    entry: Path = Path()
-
     def _map(self, name: str) -> np.memmap:
         path = str(self.entry / name)
         return _MAPS.get(path, lambda: np.load(path, mmap_mode="r"))
@@ -146,8 +162,6 @@ class DecodedVolume(CachedVolume):
 
 @dataclass(eq=False)
 class CompressedVolume(CachedVolume):
-    entry: Path = Path()
-
     def region(self, lo, hi):
         label = ChunkedArray(self.entry / "label.chunks").read(lo, hi) if self.has_label else None
         return ChunkedArray(self.entry / "image.chunks").read(lo, hi), label

@@ -131,6 +131,11 @@ class Clock:
     def elapsed(self) -> float:
         return time.monotonic() - self.start
 
+    @property
+    def deadline_s(self) -> float:
+        """Seconds after this clock's start at which the time left stops covering the reserve."""
+        return self.deadline - self.reserve_s() - (time.time() - self.elapsed())
+
     def budget_spent(self) -> bool:
         return self.elapsed() >= self.budget_s
 
