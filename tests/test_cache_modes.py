@@ -1,5 +1,6 @@
-"""The three forms of the volume cache: same patches from each, resumable parallel builds,
-the automatic choice by free space, and the no-cache pool that amortises each decode."""
+"""The three forms of the volume cache: same patches from each (and from arrays in
+memory), resumable parallel builds, the automatic choice by free space, and the
+no-cache pool that amortises each decode."""
 import json
 import os
 
@@ -14,7 +15,7 @@ from scrollseg.data.chunkstore import ChunkedArray, write_chunked
 from scrollseg.data.io import read_volume, write_volume
 from scrollseg.data.layout import list_volumes
 from scrollseg.data.sampler import PatchSampler, VolumePool, volume_pool
-from scrollseg.data.volumes import CachedVolume, CompressedVolume, DecodedVolume, SourceVolume
+from scrollseg.data.volumes import ArrayVolume, CachedVolume, CompressedVolume, DecodedVolume, SourceVolume
 from scrollseg.engine.trainer import train
 from scrollseg.errors import DataError
 
@@ -44,7 +45,11 @@ def test_every_mode_gives_the_same_patches(small_dataset, tmp_path, fraction):
         cache.build(refs, progress=False)
         sampler = PatchSampler([cache.load(r) for r in refs], (24, 24, 24), 3, fraction, seed=7)
         batches[mode] = [sampler.batch(step) for step in range(4)]
-    for mode in ("compressed", "none"):
+    # arrays in memory, with the cache's statistics, give them too
+    decoded = [VolumeCache(tmp_path, 10**9, "decoded").load(r) for r in refs]
+    in_memory = [ArrayVolume.of(v.id, np.array(v.image), np.array(v.label), v.mean, v.std) for v in decoded]
+    batches["arrays"] = [PatchSampler(in_memory, (24, 24, 24), 3, fraction, seed=7).batch(step) for step in range(4)]
+    for mode in ("compressed", "none", "arrays"):
         for a, b in zip(batches["decoded"], batches[mode]):
             assert all(np.array_equal(a[k], b[k]) for k in a), mode
     if fraction:

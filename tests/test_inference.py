@@ -6,7 +6,8 @@ import torch
 
 from scrollseg.data.io import encode_volume, read_volume
 from scrollseg.errors import DataError, ScrollsegError
-from scrollseg.inference.postprocess import binarise
+from scrollseg.config import InferenceConfig
+from scrollseg.inference.postprocess import postprocess
 from scrollseg.inference.sliding_window import gaussian_weights, sliding_window, tile_starts
 from scrollseg.inference.submission import SubmissionWriter
 from scrollseg.inference.tta import with_flip_tta
@@ -49,9 +50,9 @@ def test_postprocess_threshold_hysteresis_and_dust():
     prob[5, 5, 5] = 0.9
     prob[15:17, 15, 15:17] = 0.6  # weak blob with no strong voxel
     prob[18, 18, 18] = 0.95  # single voxel
-    assert binarise(prob, 0.5).sum() == 64 + 4 + 1
-    assert binarise(prob, 0.8, hysteresis_low=0.5).sum() == 64 + 1
-    assert binarise(prob, 0.5, min_component=10).sum() == 64
+    assert postprocess(prob, InferenceConfig(threshold=0.5, postprocess=[])).sum() == 64 + 4 + 1
+    assert postprocess(prob, InferenceConfig(threshold=0.8, hysteresis_low=0.5, postprocess=[])).sum() == 64 + 1
+    assert postprocess(prob, InferenceConfig(threshold=0.5, min_component=10)).sum() == 64
 
 
 def test_submission_is_all_or_nothing(tmp_path):

@@ -11,12 +11,12 @@ PACKAGE = Path(scrollseg.__file__).parent
 
 # lower number = lower layer; a module may import its own layer (without cycles) or below
 LAYERS = {
-    "constants": 0, "errors": 0, "config": 0, "dist": 0, "checkpoint": 0, "precision": 0,
+    "constants": 0, "errors": 0, "config": 0, "dist": 0, "checkpoint": 0, "precision": 0, "progress": 0,
     "data": 1, "models": 1, "losses": 1,
     "metrics": 2,
     "inference": 3,
     "engine": 4,
-    "launch": 5, "wheelhouse": 5, "report": 5, "export": 5, "plan": 5,
+    "launch": 5, "wheelhouse": 5, "report": 5, "doctor": 5, "export": 5, "plan": 5,
     "api": 6,
     "demo": 7, "cli": 8, "__main__": 9, "__init__": 9,
 }

@@ -22,7 +22,8 @@ from scrollseg.errors import CheckpointError
 from conftest import tiny_overrides
 
 KILL_RUN = ["--preset", "tiny", "--steps", "40", "--checkpoint-steps", "1", "train.threads=2", "train.val_every=1000",
-            "data.num_workers=1", "train.log_every=5"]
+            "data.num_workers=1", "train.log_every=5", "model.features=[8,16]", "model.encoder_blocks=[1,1]",
+            "data.patch_size=[32,32,32]", "inference.tile=[32,32,32]"]
 
 
 def cli(*args, **kw):

@@ -1,6 +1,7 @@
 """Time limits counted from the session start: the training reserve measured from real
 checkpoint writes and steps, and predict lowering its flip TTA to finish in time."""
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -8,6 +9,7 @@ import zipfile
 
 import numpy as np
 import pytest
+import yaml
 
 from scrollseg import api
 from scrollseg.config import build_config
@@ -145,3 +147,19 @@ def test_predict_past_its_limit_writes_empty_masks_from_the_command_line(small_d
     assert proc.returncode == 0, proc.stderr
     assert "2 empty (out of time)" in proc.stderr
     assert all(not m.any() for m in _zip_masks(tmp_path / "s.zip", small_dataset).values())
+
+
+def test_an_ensemble_with_tuned_settings_keeps_them_under_a_time_limit(small_dataset, tiny_run, tmp_path):
+    # a copy of the run whose tuned settings turn every voxel on (no probability of the 2-step model is that low)
+    tuned_run = tmp_path / "tuned"
+    shutil.copytree(tiny_run, tuned_run)
+    (tuned_run / "tuned.yaml").write_text(yaml.safe_dump({"inference": {"threshold": 1e-6, "postprocess": []}}))
+    ensemble = [tuned_run, tiny_run]
+    api.predict(ensemble, small_dataset, tmp_path / "tuned.zip", progress=False, time_limit="1h")
+    assert all(m.all() for m in _zip_masks(tmp_path / "tuned.zip", small_dataset).values())
+    # without the tuned settings, the limit changes nothing when there is time for every flip
+    api.predict(ensemble, small_dataset, tmp_path / "timed.zip", overrides={"tta": True}, progress=False, use_tuned=False, time_limit="1h")
+    api.predict(ensemble, small_dataset, tmp_path / "free.zip", overrides={"tta": True}, progress=False, use_tuned=False)
+    timed, free = _zip_masks(tmp_path / "timed.zip", small_dataset), _zip_masks(tmp_path / "free.zip", small_dataset)
+    assert all(np.array_equal(timed[n], free[n]) for n in free)
+    assert not all(m.all() for m in free.values())

@@ -23,6 +23,7 @@ from .data.io import read_ahead, read_header_shape, read_volume, write_volume
 from .data.layout import VolumeRef, images_in
 from .errors import DataError, ScrollsegError
 from .launch import resolve_devices, run_processes
+from .progress import Progress
 
 
 def resolve_train_config(run: Path | str, config: Config | str | dict | None = None, overrides: list[str] | None = None,
@@ -59,11 +60,12 @@ def train(config: Config | str | dict | None, data: str | Path, run: str | Path,
     """
     from .engine.deadline import session_start_for_children
     from .engine.trainer import train as train_in_process
+    from .report.live import RunPictures
 
     if strategy not in ("ddp", "dp"):
         raise ScrollsegError(f"strategy {strategy!r}: use 'ddp' or 'dp' (DataParallel)")
     cfg = resolve_train_config(run, config, overrides, tuple(allow_change))
-    args = (data, run, cfg, progress, strategy)
+    args = (data, run, cfg, progress, strategy, (RunPictures(),))
     if "WORLD_SIZE" in os.environ or strategy == "dp":
         return train_in_process(*args)  # torchrun started us, or one DataParallel process
     n = resolve_devices(devices)
@@ -73,57 +75,92 @@ def train(config: Config | str | dict | None, data: str | Path, run: str | Path,
         return run_processes(train_in_process, args, n)
 
 
-def _mask_stream(checkpoint: Path | str, refs: list[VolumeRef], device: torch.device, overrides: dict | None, progress: bool,
+def _as_list(checkpoints) -> list[Path]:
+    return [Path(c) for c in checkpoints] if isinstance(checkpoints, (list, tuple)) else [Path(checkpoints)]
+
+
+def load_predictor(checkpoints, device: torch.device, overrides: dict | None = None, use_tuned: bool = True, say=None):
+    """The models of one or several checkpoints (an ensemble averages them) and the config to
+    predict with: the first checkpoint's, then its run's tuned settings, then ``overrides``."""
+    from .checkpoint import load_checkpoint
+    from .inference.predict import load_model
+    from .inference.tune import tuned_settings
+
+    models, cfg = [], None
+    for checkpoint in _as_list(checkpoints):
+        model, model_cfg = load_model(checkpoint, device)
+        models.append(model)
+        cfg = cfg or model_cfg
+        if say:
+            path = resolve_checkpoint(checkpoint)
+            meta = load_checkpoint(path)
+            best = meta.get("best_score")
+            say(f"checkpoint {path} (step {meta.get('step')}" + (f", validation score {best:.4f})" if best is not None else ")"))
+    tuned = tuned_settings(_as_list(checkpoints)[0]) if use_tuned else None
+    if tuned:
+        settings, path = tuned
+        for key, value in settings.items():
+            setattr(cfg.inference, key, value)
+        if say:
+            say(f"post-processing tuned in {path}: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
+    for key, value in (overrides or {}).items():
+        setattr(cfg.inference, key, value)
+    from .config import validate
+
+    validate(cfg)
+    return models, cfg
+
+
+def _mask_stream(checkpoints, refs: list[VolumeRef], device: torch.device, overrides: dict | None, progress: bool, use_tuned: bool = True,
                  deadline: float | None = None):
     """``(ref, mask)`` per volume, decoding the next volumes in a thread meanwhile. With a
     ``deadline`` (epoch seconds) each volume's flip TTA is chosen to finish in time."""
-    from .inference.predict import load_model, predict_masks
+    from .engine.log import say
+    from .inference.predict import predict_masks
 
-    model, cfg = load_model(checkpoint, device)
-    for key, value in (overrides or {}).items():
-        setattr(cfg.inference, key, value)
-    volumes = read_ahead(refs, lambda r: r.image, cfg.data.max_voxels)
-    if progress:
-        from tqdm import tqdm
-
-        volumes = tqdm(volumes, total=len(refs), desc="predict", unit="vol")
+    models, cfg = load_predictor(checkpoints, device, overrides, use_tuned, say if progress else None)
+    volumes = Progress(read_ahead(refs, lambda r: r.image, cfg.data.max_voxels), total=len(refs), desc="predict", unit="vol", enabled=progress)
     if deadline is None:
-        yield from predict_masks(model, ((ref, image, None) for ref, image in volumes), cfg, device)
+        yield from predict_masks(models, ((ref, image, None) for ref, image in volumes), cfg, device, progress)
     else:
-        yield from _masks_in_time(model, volumes, refs, cfg, device, deadline)
+        yield from _masks_in_time(models, volumes, refs, cfg, device, deadline, progress)
 
 
-def _masks_in_time(model, volumes, refs: list[VolumeRef], cfg: Config, device: torch.device, deadline: float):
+def _masks_in_time(models: list[torch.nn.Module], volumes, refs: list[VolumeRef], cfg: Config, device: torch.device, deadline: float,
+                   progress: bool = False):
     """``(ref, mask)`` with the flips of each volume from a TtaBudget, timing every volume
-    from its arrival to the next one's (prediction, writing and any wait to read)."""
+    from its arrival to the next one's (prediction, writing and any wait to read); the
+    forward time is that of all the ensemble's models together."""
     from .inference.predict import predict_masks
     from .inference.time_budget import TimedForward, TtaBudget
 
-    timed = TimedForward(model).eval()
+    timed = [TimedForward(model).eval() for model in models]
     budget = TtaBudget(time.monotonic() + deadline - time.time(), cfg.inference.tta_flips if cfg.inference.tta else 1)
     voxels = [int(np.prod(read_header_shape(r.image, cfg.data.max_voxels))) for r in refs]
     previous = None  # (voxels, flips, started) of the volume before
     for i, (ref, image) in enumerate(volumes):
         now = time.monotonic()
         if previous is not None:
-            budget.record(previous[0], previous[1], timed.seconds, now - previous[2])
+            budget.record(previous[0], previous[1], sum(t.seconds for t in timed), now - previous[2])
             previous = None
         flips = budget.choose(voxels[i:], now)
         if flips == 0:
             yield ref, np.zeros(image.shape, np.uint8)
             continue
-        timed.seconds = 0.0
+        for t in timed:
+            t.seconds = 0.0
         previous = (voxels[i], flips, now)
         settings = dataclasses.replace(cfg, inference=dataclasses.replace(cfg.inference, tta=flips > 1, tta_flips=flips))
-        yield from predict_masks(timed, [(ref, image, None)], settings, device)
+        yield from predict_masks(timed, [(ref, image, None)], settings, device, progress)
     print(f"predict: {budget.summary()}", file=sys.stderr, flush=True)
 
 
-def _predict_share(checkpoint, refs: list[VolumeRef], parts: Path, overrides: dict | None, deadline: float | None = None) -> None:
+def _predict_share(checkpoints, refs: list[VolumeRef], parts: Path, overrides: dict | None, use_tuned: bool,
+                   deadline: float | None = None) -> None:
     """One worker of a multi-device prediction: every world-th volume, written to ``parts``."""
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     device = torch.device("cuda", rank) if torch.cuda.is_available() else torch.device("cpu")
-    for ref, mask in _mask_stream(checkpoint, refs[rank::world], device, overrides, False, deadline):
+    for ref, mask in _mask_stream(checkpoints, refs[rank::world], device, overrides, False, use_tuned, deadline):
         write_volume(parts / f"{ref.id}.tif", mask)
 
 
@@ -134,7 +171,7 @@ def finish_reserve_s(volumes: int, processes: int) -> float:
 
 
 def predict(
-    checkpoint: Path | str,
+    checkpoint,
     images: Path | str,
     out: Path | str = "submission.zip",
     csv_path: Path | str | None = None,
@@ -142,15 +179,23 @@ def predict(
     overrides: dict | None = None,
     progress: bool = True,
     devices: int | str = 1,
+    use_tuned: bool = True,
     time_limit: str | None = None,
 ) -> Path:
-    """Predict every test volume into ``out``, written only when complete; ``devices`` > 1
-    spreads the volumes over processes. ``time_limit`` (e.g. ``"8h30m"``, counted from the
-    session start) lowers the flip TTA so that every volume is predicted in time."""
+    """Predict every test volume into ``out``, written only when complete.
+
+    ``checkpoint`` is a run folder or .pt file, or a list of them (an ensemble: their
+    probabilities are averaged before post-processing). The run's ``tuned.yaml`` (from
+    ``tune``) is used unless ``use_tuned`` is false; ``overrides`` (inference settings) win
+    over both. ``devices`` > 1 spreads the volumes over processes. ``time_limit`` (e.g.
+    ``"8h30m"``, counted from the session start) lowers the flip TTA so that every volume
+    is predicted in time.
+    """
     from .engine.deadline import parse_duration, session_start
     from .inference.submission import SubmissionWriter
 
-    resolve_checkpoint(checkpoint)  # fail before any work when there is none
+    for c in _as_list(checkpoint):
+        resolve_checkpoint(c)  # fail before any work when one is missing
     refs = images_in(images, csv_path)
     if not refs:
         raise DataError(f"{images}: no .tif volumes found; give the test_images folder or the dataset root")
@@ -159,13 +204,13 @@ def predict(
     with SubmissionWriter(out, {r.id for r in refs}) as writer:
         if n == 1:
             device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-            for ref, mask in _mask_stream(checkpoint, refs, device, overrides, progress, deadline):
+            for ref, mask in _mask_stream(checkpoint, refs, device, overrides, progress, use_tuned, deadline):
                 writer.add(ref.id, mask, read_header_shape(ref.image))
         else:
             parts = writer.tmp.with_name(writer.tmp.name + ".parts")
             parts.mkdir()
             try:
-                run_processes(_predict_share, (checkpoint, refs, parts, overrides, deadline), n)
+                run_processes(_predict_share, (checkpoint, refs, parts, overrides, use_tuned, deadline), n)
                 for ref in refs:
                     writer.add(ref.id, read_volume(parts / f"{ref.id}.tif"), read_header_shape(ref.image))
             finally:
@@ -173,8 +218,61 @@ def predict(
     return Path(out)
 
 
-def score(labels: Path | str, pred: Path | str, workers: int = 1) -> dict:
-    """Leaderboard metric of a folder or zip of predictions against a folder of labels."""
-    from .metrics.evaluate import score_predictions
+def tune(run: Path | str, data: Path | str | None = None, workers: int | None = None, tta: bool | None = None,
+         progress: bool = True) -> dict:
+    """Search threshold and post-processing on the run's held-out volumes with the exact
+    metric; saves the best in ``RUN/tuned.yaml``, which ``predict`` then uses.
 
-    return score_predictions(labels, pred, workers)
+    The probability maps (with the TTA ``predict`` uses, or ``tta``) are cached in
+    ``RUN/tune/`` and reused while the checkpoint stays the same."""
+    import json
+
+    import numpy as np
+
+    from .checkpoint import load_checkpoint
+    from .data.layout import list_volumes
+    from .engine.log import say
+    from .inference.predict import predict_probabilities
+    from .inference.tune import best_trial, save_tuned, tune as search
+
+    root = RunDir(run)
+    if not root.record_path.is_file():
+        raise DataError(f"{root.root}: not a trained run (no run.json); train it first or give the run folder")
+    record = json.loads(root.record_path.read_text())
+    data = Path(data or record["data"])
+    val_ids = set(record.get("val_ids") or [])
+    refs = [r for r in list_volumes(data, "train") if r.id in val_ids]
+    if not refs:
+        raise DataError(f"{root.root}: the run held out no volume of {data} (train with data.val_fraction > 0 or data.folds)")
+    checkpoint = resolve_checkpoint(root.root)
+    ckpt = load_checkpoint(checkpoint)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    models, cfg = load_predictor(checkpoint, device, {"tta": tta} if tta is not None else None, use_tuned=False)
+    cache = root.root / "tune"
+    meta = {"checkpoint": str(checkpoint), "step": int(ckpt["step"]), "tta": bool(cfg.inference.tta), "ids": sorted(val_ids)}
+    meta_path = cache / "probabilities.json"
+    if not (meta_path.is_file() and json.loads(meta_path.read_text()) == meta):
+        cache.mkdir(parents=True, exist_ok=True)
+        meta_path.unlink(missing_ok=True)
+        volumes = ((ref, image, None) for ref, image in read_ahead(refs, lambda r: r.image, cfg.data.max_voxels))
+        for ref, prob in predict_probabilities(models, volumes, cfg, device):
+            np.save(cache / f"{ref.id}.npy", prob.astype(np.float16))
+        meta_path.write_text(json.dumps(meta))
+    pairs = [(cache / f"{r.id}.npy", r.label) for r in refs]
+    workers = workers or max(1, min(4, os.cpu_count() or 1))
+    say(f"tuning on {len(refs)} held-out volumes of {data} with {workers} worker(s), checkpoint {checkpoint} (step {meta['step']})", progress)
+    with Progress(total=None, desc="tune", unit="setting", enabled=progress) as bar:
+        trials = search(pairs, cfg.inference, workers, progress=lambda trial: bar.update(1))
+    best = best_trial(trials)
+    start = trials[0]
+    path = save_tuned(root.root, best, {"checkpoint": str(checkpoint), "step": meta["step"], "tta": meta["tta"]})
+    return {"trials": trials, "best": best, "start": start, "path": path}
+
+
+def score(labels: Path | str, pred: Path | str, workers: int = 1, explain: Path | str | None = None, progress: bool = True) -> dict:
+    """Leaderboard metric of a folder or zip of predictions against a folder of labels;
+    ``explain``: a folder that gets, per volume, the metric's error maps, counts and a picture."""
+    from .metrics.evaluate import score_predictions
+    from .report.error_maps import ExplainInto
+
+    return score_predictions(labels, pred, workers, ExplainInto.beside_labels(explain, labels) if explain else None, progress)

@@ -92,6 +92,7 @@ class RunDir:
         self.checkpoints = self.root / "checkpoints"
         self.config_path = self.root / "config.yaml"
         self.metrics_path = self.root / "metrics.jsonl"
+        self.record_path = self.root / "run.json"  # the data folder and the split
 
     def step_files(self) -> list[tuple[int, Path]]:
         if not self.checkpoints.is_dir():

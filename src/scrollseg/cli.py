@@ -27,6 +27,13 @@ def cmd_train(args) -> None:
     # the flags are shorthands for train.* overrides
     flags = ("steps", "minutes", "seed", "checkpoint_minutes", "checkpoint_steps", "time_limit")
     overrides = list(args.overrides) + [f"train.{f}={getattr(args, f)}" for f in flags if getattr(args, f) is not None]
+    if args.minutes is not None and args.steps is None:
+        overrides.append("train.steps=0")  # a time budget without a step count: plan the steps to fit it
+    if args.fold:
+        k, _, n = args.fold.partition("/")
+        if not (k.isdigit() and n.isdigit()):
+            raise ScrollsegError(f"--fold {args.fold!r}: write it as K/N, e.g. --fold 0/5")
+        overrides += [f"data.fold={k}", f"data.folds={n}"]
     result = train(args.preset, args.data, args.run, devices=args.devices, strategy=args.strategy, overrides=overrides,
                    allow_change=tuple(args.allow_change))
     if result is not None and result.stop_reason not in ("steps", "minutes"):
@@ -41,8 +48,26 @@ def cmd_predict(args) -> None:
         overrides["tta"] = args.tta
     if args.threshold is not None:
         overrides["threshold"] = args.threshold
-    out = predict(args.checkpoint, args.images, args.out, args.csv, args.device, overrides, devices=args.devices, time_limit=args.time_limit)
+    checkpoints = args.checkpoint if len(args.checkpoint) > 1 else args.checkpoint[0]
+    out = predict(checkpoints, args.images, args.out, args.csv, args.device, overrides, devices=args.devices, use_tuned=args.tuned,
+                  time_limit=args.time_limit)
     print(f"wrote {out}")
+
+
+def cmd_tune(args) -> None:
+    from .api import tune
+
+    result = tune(args.run, args.data, args.workers, args.tta)
+    trials = sorted(result["trials"], key=lambda t: -t.scores["leaderboard"])
+    print(f"{'leaderboard':>11} {'topo':>6} {'sdice':>6} {'voi':>6} {'s':>5}  settings")
+    for t in trials[: args.top] + ([result["start"]] if result["start"] not in trials[: args.top] else []):
+        mark = "  (as trained)" if t is result["start"] else ""
+        sc = t.scores
+        settings = ", ".join(f"{k}={v}" for k, v in t.settings.items())
+        print(f"{sc['leaderboard']:11.4f} {sc['topo']:6.3f} {sc['surface_dice']:6.3f} {sc['voi_score']:6.3f} {t.seconds:5.1f}  {settings}{mark}")
+    best, start = result["best"].scores["leaderboard"], result["start"].scores["leaderboard"]
+    print(f"best {best:.4f} (as trained {start:.4f}, {best - start:+.4f}) over {len(result['trials'])} settings; saved in {result['path']}; "
+          f"predict uses it unless given --no-tuned")
 
 
 def cmd_export(args) -> None:
@@ -65,9 +90,29 @@ def cmd_score(args) -> None:
     from .api import score
     from .metrics.evaluate import format_table, write_reports
 
-    result = score(args.labels, args.pred, args.workers)
+    result = score(args.labels, args.pred, args.workers, explain=args.explain)
     print(format_table(result))
     write_reports(result, args.json, args.csv)
+    if args.explain:
+        print(f"error maps, counts and pictures per volume in {args.explain}/<id>/")
+
+
+def cmd_show(args) -> None:
+    from .report.show import show_volume
+
+    print(f"wrote {show_volume(args.volume, args.label, args.pred, args.out)}")
+
+
+def cmd_report(args) -> None:
+    from .report.html import write_report
+
+    print(f"wrote {write_report(args.run, args.out)}")
+
+
+def cmd_doctor(args) -> None:
+    from .doctor import report
+
+    sys.exit(report(args.data, args.run))
 
 
 def cmd_wheelhouse(args) -> None:
@@ -113,7 +158,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="dataset root in the competition layout")
     p.add_argument("run", help="run folder; an existing one is resumed")
     p.add_argument("--preset", help="preset name or .yaml file (default: the run's saved config, else 'default')")
-    p.add_argument("--minutes", type=float, help="wall-clock bound of this training")
+    p.add_argument("--minutes", type=float, help="wall-clock bound of this training; without --steps the step count "
+                   "(and so the LR schedule) is fitted to it after a measured warm-up")
+    p.add_argument("--fold", metavar="K/N", help="train fold K of an N-fold split (by scroll where there are N scrolls), e.g. 0/5")
     p.add_argument("--steps", type=int, help="number of optimizer steps")
     p.add_argument("--seed", type=int)
     p.add_argument("--checkpoint-minutes", type=float)
@@ -127,7 +174,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("predict", help="predict test volumes into submission.zip")
-    p.add_argument("checkpoint", help="run folder or .pt file")
+    p.add_argument("checkpoint", nargs="+", help="run folder or .pt file; several: an ensemble averaging their probabilities")
     p.add_argument("images", help="test_images folder or dataset root")
     p.add_argument("--out", default="submission.zip")
     p.add_argument("--csv", help="test.csv listing the ids that must be present")
@@ -136,7 +183,17 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--threshold", type=float)
     p.add_argument("--time-limit", help="finish within this wall time from the session start (e.g. 8h30m), lowering the flip TTA as needed")
+    p.add_argument("--tuned", action=argparse.BooleanOptionalAction, default=True,
+                   help="use the settings `scrollseg tune` saved in the (first) run (default: yes)")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("tune", help="choose threshold and post-processing on the run's held-out volumes by the exact metric")
+    p.add_argument("run", help="a trained run folder")
+    p.add_argument("--data", help="dataset root (default: the one the run was trained on)")
+    p.add_argument("--workers", type=int, help="scoring processes (default: up to 4, one per CPU core)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="flip TTA for the probabilities (default: as predict uses)")
+    p.add_argument("--top", type=int, default=10, help="rows of the table (default: 10)")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("export", help="weights-only fp16 copy of a run's checkpoint, for predict")
     p.add_argument("run", help="run folder (best, final or last checkpoint) or .pt file")
@@ -160,7 +217,25 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--json")
     p.add_argument("--csv")
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--explain", metavar="OUT_DIR", help="write per volume the voxels behind each term of the score (maps, counts, a picture)")
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("show", help="picture of three orthogonal slices: image, label, prediction and errors")
+    p.add_argument("volume", help="image .tif")
+    p.add_argument("--label", help="label .tif")
+    p.add_argument("--pred", help="prediction: a .tif, submission.zip:ID, or a submission.zip holding the volume's id")
+    p.add_argument("--out", help="PNG to write (default: <id>.png)")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("report", help="write RUN/report.html: curves, validation tables, pictures, error maps, config")
+    p.add_argument("run")
+    p.add_argument("--out", help="HTML file to write (default: RUN/report.html)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("doctor", help="versions, hardware, recommended settings; checks a dataset folder")
+    p.add_argument("data", nargs="?", help="dataset root in the competition layout to check")
+    p.add_argument("--run", default=".", help="where the run (and its cache) would go, for the free-disk check")
+    p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("wheelhouse", help="wheels for installing scrollseg offline (e.g. a Kaggle dataset)")
     p.add_argument("out")

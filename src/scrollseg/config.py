@@ -21,12 +21,14 @@ from .errors import ConfigError
 
 @dataclass
 class DataConfig:
-    patch_size: list[int] = field(default_factory=lambda: [128, 128, 128])
+    patch_size: list[int] = field(default_factory=lambda: [128, 128, 128])  # training patch (D, H, W); divisible by 2^(stages - 1)
     batch_size: int = 2  # per device and per micro-step
     foreground_fraction: float = 0.33  # share of patches centred on a surface voxel
-    num_workers: int = 2
-    val_fraction: float = 0.2
-    split_by: str = "volume"  # "volume" or "scroll"
+    num_workers: int = 2  # loader processes that cut patches; 0: in the training process
+    val_fraction: float = 0.2  # share of volumes (or scrolls) held out for validation
+    split_by: str = "auto"  # "auto": by scroll when the train set has 4 or more scrolls; "scroll": when 2 or more; "volume"
+    folds: int = 0  # > 1: N-fold cross-validation, this run holding out fold ``fold``
+    fold: int = 0  # the fold held out when ``folds`` > 1 (0 .. folds - 1)
     val_ids: list[str] = field(default_factory=list)  # overrides the random split when set
     cache_mode: str = "auto"  # "decoded", "compressed", "none" or "auto": the first that fits the disk (scrollseg/data/cache.py)
     cache_dir: str = ""  # empty: RUN/cache, or /tmp/scrollseg-cache when RUN is in Kaggle's /kaggle/working
@@ -38,29 +40,44 @@ class DataConfig:
 
 @dataclass
 class AugmentConfig:
-    flip: bool = True
-    rot90: bool = True
-    intensity_scale: float = 0.15  # multiply by U(1 - s, 1 + s)
-    intensity_shift: float = 0.1  # add U(-s, s) standard deviations
-    gamma: float = 0.3  # gamma in U(1 - g, 1 + g), applied on the [0, 1] range
-    noise_std: float = 0.05
-    spatial_prob: float = 0.0  # share of samples also rotated in-plane and scaled (resampled on the device)
-    rotation_deg: float = 15.0  # rotation in U(-r, r) degrees about the depth axis
-    scale_range: float = 0.15  # isotropic zoom in U(1 - s, 1 + s)
+    """Training augmentation; the defaults are nnU-Net v2's (``get_training_transforms``)."""
+
+    # spatial: one resampling from the centre of an enlarged crop (see data.augment.spatial_crop_size)
+    rotation_prob: float = 0.2  # share of samples rotated about all three axes
+    rotation_deg: float = 30.0  # each of the three angles in U(-r, r)
+    scale_prob: float = 0.2  # share of samples scaled (isotropically)
+    scale_range: list[float] = field(default_factory=lambda: [0.7, 1.4])  # field-of-view factor; > 1 shows more, smaller
+    crop_cap: float = 2.0  # the enlarged crop is at most this multiple of the patch per axis
+    mirror_prob: float = 0.5  # per axis
+    rot90: bool = False  # also turn by a random multiple of 90 degrees in the (H, W) plane when it is square
+    # intensity, applied in this order
+    noise_prob: float = 0.1  # share of samples with Gaussian noise added
+    noise_std: list[float] = field(default_factory=lambda: [0.0, 0.1])  # nnU-Net's "noise_variance", used as the std
+    blur_prob: float = 0.1  # nnU-Net: 0.2 x p_per_channel 0.5 for one channel
+    blur_sigma: list[float] = field(default_factory=lambda: [0.5, 1.0])  # drawn per axis, in voxels
+    brightness_prob: float = 0.15  # share of samples multiplied by a brightness factor
+    brightness_range: list[float] = field(default_factory=lambda: [0.75, 1.25])  # multiplier
+    contrast_prob: float = 0.15  # share of samples with contrast scaled about the mean
+    contrast_range: list[float] = field(default_factory=lambda: [0.75, 1.25])  # about the mean, within the old range
+    lowres_prob: float = 0.125  # nnU-Net: 0.25 x p_per_channel 0.5 for one channel
+    lowres_zoom: list[float] = field(default_factory=lambda: [0.5, 1.0])  # nearest down to this size, trilinear back
+    inverted_gamma_prob: float = 0.1  # gamma of the negated image
+    gamma_prob: float = 0.3  # share of samples with a gamma curve on the [0, 1] range
+    gamma_range: list[float] = field(default_factory=lambda: [0.7, 1.5])  # mean and std are kept
 
 
 @dataclass
 class ModelConfig:
-    features: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 320, 320])
-    encoder_blocks: list[int] = field(default_factory=lambda: [1, 3, 4, 6, 6, 6])
-    decoder_blocks: int = 1
-    deep_supervision: bool = True
+    features: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 320, 320])  # channels per stage; its length = stages
+    encoder_blocks: list[int] = field(default_factory=lambda: [1, 3, 4, 6, 6, 6])  # residual blocks per encoder stage
+    decoder_blocks: int = 1  # convolution blocks per decoder stage (at least 1)
+    deep_supervision: bool = True  # loss on every decoder resolution (the coarsest weighted 0)
 
 
 @dataclass
 class LossConfig:
-    bce_weight: float = 1.0
-    dice_weight: float = 1.0
+    bce_weight: float = 1.0  # binary cross-entropy term
+    dice_weight: float = 1.0  # soft Dice term
     skeleton_recall_weight: float = 0.0  # 1 - recall of the label's tubed skeleton, full resolution only
     cldice_weight: float = 0.0  # 1 - clDice, full resolution only
     cldice_iterations: int = 3  # soft-skeleton erosion levels of clDice
@@ -69,31 +86,32 @@ class LossConfig:
 @dataclass
 class OptimConfig:
     name: str = "sgd"  # "sgd" (Nesterov) or "adamw"
-    lr: float = 1e-2
-    weight_decay: float = 3e-5
-    momentum: float = 0.99
+    lr: float = 1e-2  # peak learning rate, reached after the warmup
+    weight_decay: float = 3e-5  # L2 penalty (decoupled for adamw)
+    momentum: float = 0.99  # SGD momentum
     schedule: str = "cosine"  # "cosine", "poly" or "constant"
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.01
-    grad_clip: float = 12.0
-    accumulation: int = 1
+    warmup_steps: int = 100  # steps of linear warmup up to lr
+    min_lr_ratio: float = 0.01  # the schedule ends at lr x this
+    grad_clip: float = 12.0  # clip the gradient norm to this; 0: no clipping
+    accumulation: int = 1  # micro-batches per optimizer step (global batch = batch_size x devices x this)
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 100_000
+    steps: int = 100_000  # 0: as many as fit in ``minutes``, fixed after a measured warm-up
     minutes: float = 0.0  # 0: no wall-clock bound
-    seed: int = 0
+    seed: int = 0  # seeds the split, the patches, the augmentation and the weights
     precision: str = "auto"  # "auto", "bf16", "fp16" or "fp32"
-    val_every: int = 1000
-    val_volumes: int = 4  # at most this many held-out volumes per validation; 0: all
+    val_every: int = 1000  # validate every this many steps (and at the last)
+    val_volumes: int = 0  # at most this many held-out volumes per validation; 0: all
+    ema_decay: float = 0.0  # > 0: keep an exponential moving average of the weights, validated and used for prediction
     val_scoring: str = "auto"  # "background" (a CPU process), "inline", or "auto": background on accelerators
-    log_every: int = 20
-    checkpoint_steps: int = 1000
-    checkpoint_minutes: float = 30.0
-    keep_last: int = 2
+    log_every: int = 20  # a metrics.jsonl record and a progress update every this many steps
+    checkpoint_steps: int = 1000  # save a checkpoint every this many steps
+    checkpoint_minutes: float = 30.0  # and every this many minutes; 0: not by time
+    keep_last: int = 2  # step-N.pt files kept besides last, best and final
     time_limit: str = ""  # e.g. "11h45m": checkpoint and stop before this much wall time
-    deterministic: bool = False
+    deterministic: bool = False  # deterministic kernels (slower; bitwise-repeatable runs)
     threads: int = 0  # CPU threads for torch; 0: torch's default
     compile: str = "auto"  # torch.compile: "auto" (on CUDA), "on" or "off"
     channels_last: str = "auto"  # channels_last_3d: "auto" (on CUDA), "on" or "off"
@@ -102,13 +120,20 @@ class TrainConfig:
 @dataclass
 class InferenceConfig:
     tile: list[int] = field(default_factory=list)  # empty: the training patch size
-    overlap: float = 0.5
-    tile_batch: int = 4
-    tta: bool = False
+    overlap: float = 0.5  # share of a tile shared with its neighbour in the sliding window
+    tile_batch: int = 4  # tiles predicted at once
+    tta: bool = False  # average over the flips (up to 8x slower)
     tta_flips: int = 8  # flips averaged with tta: 8 (all), 4 (identity and single axes) or 1
-    threshold: float = 0.5
+    threshold: float = 0.5  # probability above which a voxel is surface
     hysteresis_low: float = 0.0  # > 0: keep components above it that reach ``threshold``
-    min_component: int = 64  # 26-connected components smaller than this are removed
+    min_component: int = 64  # remove_dust: 6-connected components smaller than this are removed
+    postprocess: list[str] = field(default_factory=lambda: ["remove_dust"])  # steps after thresholding, in order: remove_dust, plug_holes, close_sheets, fill_cavities
+    hole_max: int = 16  # plug_holes: largest hole filled, in voxels of one slice
+    close_radius: list[int] = field(default_factory=lambda: [1, 1, 1])  # close_sheets: box radius (z, y, x)
+
+
+# the post-processing steps inference.postprocess may list (scrollseg.inference.postprocess.STEPS)
+POSTPROCESS_STEPS = ("remove_dust", "plug_holes", "close_sheets", "fill_cavities")
 
 
 @dataclass
@@ -255,7 +280,12 @@ def validate(cfg: Config) -> None:
     need(len(cfg.model.encoder_blocks) == len(cfg.model.features), "model.encoder_blocks needs one entry per stage")
     need(cfg.data.batch_size >= 1, "data.batch_size must be at least 1")
     need(0.0 <= cfg.data.foreground_fraction <= 1.0, "data.foreground_fraction must lie in [0, 1]")
-    need(cfg.data.split_by in ("volume", "scroll"), "data.split_by must be 'volume' or 'scroll'")
+    need(cfg.data.split_by in ("auto", "volume", "scroll"), "data.split_by must be auto, scroll or volume")
+    need(cfg.data.folds == 0 or (cfg.data.folds >= 2 and 0 <= cfg.data.fold < cfg.data.folds),
+         f"data.fold {cfg.data.fold} of data.folds {cfg.data.folds}: give folds >= 2 and 0 <= fold < folds (e.g. --fold 0/5)")
+    need(cfg.train.steps >= 0, "train.steps must be positive (or 0 with train.minutes: as many as fit)")
+    need(cfg.train.steps > 0 or cfg.train.minutes > 0, "train.steps=0 needs a time budget: give --minutes M (or train.minutes)")
+    need(0.0 <= cfg.train.ema_decay < 1.0, "train.ema_decay must lie in [0, 1), e.g. 0.999")
     need(cfg.data.cache_mode in ("auto", "decoded", "compressed", "none"), "data.cache_mode must be auto, decoded, compressed or none")
     need(cfg.data.cache_workers >= 0, "data.cache_workers must be at least 0")
     need(cfg.data.volumes_in_memory >= 1 and cfg.data.patches_per_volume >= 1, "data.volumes_in_memory and data.patches_per_volume must be at least 1")
@@ -265,13 +295,37 @@ def validate(cfg: Config) -> None:
     need(cfg.train.precision in ("auto", "bf16", "fp16", "fp32"), "train.precision must be auto, bf16, fp16 or fp32")
     need(0.0 <= cfg.inference.overlap < 1.0, "inference.overlap must lie in [0, 1)")
     need(1 <= cfg.inference.tta_flips <= 8, "inference.tta_flips must lie in 1..8")
-    need(0.0 <= cfg.augment.spatial_prob <= 1.0, "augment.spatial_prob must lie in [0, 1]")
+    aug = cfg.augment
+    for name in ("rotation", "scale", "mirror", "noise", "blur", "brightness", "contrast", "lowres", "inverted_gamma", "gamma"):
+        need(0.0 <= getattr(aug, f"{name}_prob") <= 1.0, f"augment.{name}_prob must lie in [0, 1]")
+    for name, low_may_be_zero in (("scale_range", False), ("noise_std", True), ("blur_sigma", False), ("brightness_range", True),
+                                  ("contrast_range", True), ("lowres_zoom", False), ("gamma_range", False)):
+        bounds = getattr(aug, name)
+        ok = len(bounds) == 2 and 0.0 <= bounds[0] <= bounds[1] and (low_may_be_zero or bounds[0] > 0)
+        need(ok, f"augment.{name} needs [low, high] with {'0 <=' if low_may_be_zero else '0 <'} low <= high, got {bounds}")
+    need(aug.lowres_zoom[1] <= 1.0, f"augment.lowres_zoom must lie in (0, 1], got {aug.lowres_zoom}")
+    need(0.0 <= aug.rotation_deg <= 180.0, f"augment.rotation_deg must lie in [0, 180], got {aug.rotation_deg}")
+    need(aug.crop_cap >= 1.0, f"augment.crop_cap must be at least 1 (the patch itself), got {aug.crop_cap}")
     need(cfg.train.compile in ("auto", "on", "off"), "train.compile must be auto, on or off")
     need(cfg.train.val_scoring in ("auto", "background", "inline"), "train.val_scoring must be auto, background or inline")
     need(cfg.train.channels_last in ("auto", "on", "off"), "train.channels_last must be auto, on or off")
     for key in ("bce_weight", "dice_weight", "skeleton_recall_weight", "cldice_weight"):
         need(getattr(cfg.loss, key) >= 0, f"loss.{key} must be at least 0")
     need(cfg.loss.cldice_iterations >= 1, "loss.cldice_iterations must be at least 1")
+    inf = cfg.inference
+    need(0.0 < inf.threshold < 1.0, f"inference.threshold must lie in (0, 1), got {inf.threshold}")
+    need(
+        inf.hysteresis_low == 0.0 or 0.0 < inf.hysteresis_low < inf.threshold,
+        f"inference.hysteresis_low must be 0 (off) or lie in (0, threshold={inf.threshold}), got {inf.hysteresis_low}",
+    )
+    need(inf.min_component >= 0, "inference.min_component must be >= 0")
+    need(inf.hole_max >= 0, "inference.hole_max must be >= 0")
+    need(
+        len(inf.close_radius) == 3 and min(inf.close_radius) >= 0,
+        f"inference.close_radius needs three radii >= 0 (z, y, x), got {inf.close_radius}",
+    )
+    unknown = [name for name in inf.postprocess if name not in POSTPROCESS_STEPS]
+    need(not unknown, f"inference.postprocess has unknown step(s) {unknown}; known: {', '.join(POSTPROCESS_STEPS)}")
     tile = cfg.tile_size()
     need(len(tile) == 3 and all(t % stride == 0 for t in tile), f"inference.tile must be three sizes divisible by {stride}")
 

@@ -28,9 +28,7 @@ import json
 import multiprocessing
 import os
 import shutil
-import sys
 import tempfile
-import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from ..progress import Progress
 from .chunkstore import write_chunked
 from .io import read_header_shape, read_volume
 from .layout import VolumeRef
@@ -138,37 +137,6 @@ def default_workers() -> int:
     return max(1, min(cores, 8))
 
 
-class Progress:
-    """A tqdm bar on a terminal; elsewhere (logs, notebooks' saved output) a plain line at
-    every tenth of the work once it has run for ``quiet_s``."""
-
-    def __init__(self, total: int, desc: str, enabled: bool = True, quiet_s: float = 5.0):
-        self.total, self.desc, self.done, self.start, self.quiet_s = total, desc, 0, time.monotonic(), quiet_s
-        self.enabled = enabled and total > 0
-        self.bar = None
-        self.next_line = 0.1
-        if self.enabled and sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, desc=desc, unit="vol")
-
-    def update(self) -> None:
-        self.done += 1
-        if self.bar is not None:
-            self.bar.update()
-            return
-        elapsed = time.monotonic() - self.start
-        if self.enabled and elapsed >= self.quiet_s and (self.done / self.total >= self.next_line or self.done == self.total):
-            rate = self.done / elapsed
-            left = (self.total - self.done) / rate
-            print(f"{self.desc}: {self.done}/{self.total} volumes, {rate:.2f} vol/s, {left / 60:.1f} min left", file=sys.stderr, flush=True)
-            self.next_line = np.floor(self.done / self.total * 10 + 1) / 10
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 class VolumeCache:
     """The entries of one mode in ``folder``: built in parallel, opened cheaply."""
 
@@ -204,7 +172,7 @@ class VolumeCache:
         workers = min(len(todo), workers or default_workers())
         if sum(source_bytes(r) for r in todo) < PARALLEL_FROM_BYTES:
             workers = 1
-        bar = Progress(len(todo), f"cache ({self.mode})", progress)
+        bar = Progress(total=len(todo), desc=f"cache ({self.mode})", unit="vol", enabled=progress and bool(todo), leave=False)
         try:
             if workers <= 1:
                 for ref in todo:

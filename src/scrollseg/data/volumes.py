@@ -7,6 +7,7 @@ statistics and surface index, padded patch reads, and the whole arrays for valid
 - ``CompressedVolume``: zstd chunk files (``chunkstore``), decompressed per patch.
 - ``SourceVolume``: the LZW TIFFs themselves, decoded whole in the process that reads
   them (a DataLoader worker) and kept in a small per-process LRU.
+- ``ArrayVolume``: arrays already in memory, with no cache entry behind them.
 
 Surface voxels are indexed by their count per 32^3 block: a draw picks a block in
 proportion to its count and the k-th surface voxel inside it, which is exactly a
@@ -188,3 +189,20 @@ class SourceVolume(CachedVolume):
         image, label = self._decoded()
         box = _box(lo, hi)
         return image[box], (label[box] if label is not None else None)
+
+
+@dataclass(eq=False)
+class ArrayVolume(CachedVolume):
+    image_array: np.ndarray | None = field(default=None, repr=False)
+    label_array: np.ndarray | None = field(default=None, repr=False)
+
+    @staticmethod
+    def of(id: str, image: np.ndarray, label: np.ndarray | None, mean: float, std: float) -> "ArrayVolume":
+        """A volume over ``image`` and ``label`` as they are, with the given intensity statistics."""
+        counts = foreground_counts(label) if label is not None else np.zeros(block_grid(image.shape), np.int32)
+        return ArrayVolume(id=id, shape=tuple(image.shape), mean=mean, std=std, has_label=label is not None,
+                           foreground_ends=np.cumsum(counts.ravel(), dtype=np.int64), image_array=image, label_array=label)
+
+    def region(self, lo, hi):
+        box = _box(lo, hi)
+        return self.image_array[box], (self.label_array[box] if self.label_array is not None else None)

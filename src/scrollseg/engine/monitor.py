@@ -57,7 +57,11 @@ class GpuMonitor:
                 pass
 
     def latest(self) -> dict:
-        return {f"gpu{i}/util": s[-1][0] for i, s in self.samples.items() if s}
+        out = {}
+        for i, s in self.samples.items():
+            if s:
+                out[f"gpu{i}/util"], out[f"gpu{i}/memory_gib"], out[f"gpu{i}/power_w"] = s[-1]
+        return out
 
     def summary(self) -> dict:
         out = {}

@@ -10,6 +10,7 @@ The config reaching here has been checked against the run's by ``scrollseg.api``
 """
 from __future__ import annotations
 
+import json
 import random
 import time
 import warnings
@@ -25,19 +26,24 @@ from ..checkpoint import RunDir
 from ..config import Config, dump_yaml
 from ..data.augment import augment_batch
 from ..data.cache import VolumeCache, cache_folder, prepare_cache
-from ..data.layout import VolumeRef, list_volumes
+from ..data.layout import list_volumes
 from ..data.loader import make_loader
 from ..data.sampler import PatchSampler, volume_pool
+from ..data.split import split_volumes
 from ..errors import DataError, ScrollsegError
 from ..losses import segmentation_loss
 from ..models import build_model
 from ..precision import resolve_precision
+from .budget import MEASURE_STEPS, steps_that_fit
 from .deadline import Clock, StopSignals, checkpoint_estimate_s
-from .log import MetricsLog, say
+from .ema import WeightAverage
+from .log import MetricsLog, TrainConsole, say
 from .monitor import GpuMonitor
+from .observer import RunObserver, notify
 from .schedule import learning_rate
 from .speed import resolve_speed, speed_up, to_memory_format
 from .step import optimizer_step
+from .summary import run_summary, summary_lines, write_summary
 from .validation import BackgroundScorer, score_pairs, validation_masks
 
 
@@ -59,26 +65,9 @@ class TrainState:
     history: list = field(default_factory=list)
     micro_batch: int = 1  # an out-of-memory fallback halves it and doubles accumulation
     accumulation: int = 1
+    planned_steps: int = 0  # with train.steps=0: the steps that fit train.minutes, fixed after a warm-up
 
-
-def split_volumes(refs: list[VolumeRef], cfg: Config) -> tuple[list[VolumeRef], list[VolumeRef]]:
-    """Held-out volumes by id, by volume or by scroll, deterministic for a seed."""
-    if cfg.data.val_ids:
-        val_ids = set(cfg.data.val_ids)
-        return [r for r in refs if r.id not in val_ids], [r for r in refs if r.id in val_ids]
-    if len(refs) < 2 or cfg.data.val_fraction <= 0:
-        return refs, []
-    rng = np.random.default_rng(cfg.train.seed)
-    if cfg.data.split_by == "scroll":
-        groups = sorted({r.scroll_id for r in refs})
-        if len(groups) >= 2:
-            n_val = max(1, round(cfg.data.val_fraction * len(groups)))
-            val_groups = set(np.asarray(groups)[rng.permutation(len(groups))[:n_val]].tolist())
-            return [r for r in refs if r.scroll_id not in val_groups], [r for r in refs if r.scroll_id in val_groups]
-    order = rng.permutation(len(refs))
-    n_val = min(len(refs) - 1, max(1, round(cfg.data.val_fraction * len(refs))))
-    val_idx = set(order[:n_val].tolist())
-    return [r for i, r in enumerate(refs) if i not in val_idx], [r for i, r in enumerate(refs) if i in val_idx]
+UNPLANNED = 10**9  # the step count before a time-budgeted run has measured itself
 
 
 def make_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
@@ -141,13 +130,15 @@ class Trainer:
     """Train (or resume) the run in ``run_dir``, as one rank of a process group when the
     environment says so. ``strategy="dp"`` wraps the model in DataParallel instead."""
 
-    def __init__(self, data_dir: Path | str, run_dir: Path | str, cfg: Config, progress: bool = True, strategy: str = "ddp"):
-        self.cfg, self.data_dir, self.progress = cfg, data_dir, progress
+    def __init__(self, data_dir: Path | str, run_dir: Path | str, cfg: Config, progress: bool = True, strategy: str = "ddp",
+                 observers: tuple[RunObserver, ...] = ()):
+        self.cfg, self.data_dir, self.progress, self.observers = cfg, data_dir, progress, tuple(observers)
         self.info = dist.from_environment()
         self.device = dist.init(self.info)
         self.main = self.info.is_main
         self.run_dir = RunDir(run_dir)
         self.log = MetricsLog(self.run_dir.metrics_path, enabled=self.main)
+        self.console = TrainConsole(self.run_dir.root / "train.log", cfg.train.steps or None, show=progress, enabled=self.main)
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
         if cfg.train.deterministic:
@@ -162,10 +153,12 @@ class Trainer:
         self.state = TrainState(micro_batch=cfg.data.batch_size, accumulation=cfg.optim.accumulation)
         self.speed = resolve_speed(cfg.train, self.device)
         self.net = self._wrap(speed_up(self.model, self.speed), strategy)
+        self.ema = WeightAverage(self.model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
         self.scorer = BackgroundScorer() if self.main and background_scoring(cfg, self.device) else None
         self.clock = Clock(cfg.train.minutes, cfg.train.time_limit, cfg.train.checkpoint_minutes,
                            checkpoint_estimate_s(sum(p.numel() * p.element_size() for p in self.model.parameters())))
         self.stop_reason = ""
+        self._validated_at = -1
 
     # ---- the loop
     def run(self) -> TrainResult:
@@ -174,15 +167,21 @@ class Trainer:
         with StopSignals() as signals, GpuMonitor() as self.gpus:
             self.batches = self._open_batches()
             window, self.totals = LogWindow(), {"wait": 0.0, "time": 0.0}
+            # timed from the second step of the session (the first warms caches up); planned before
+            # the warm-up ends, so every step after it follows the planned schedule
+            self._measure_from = (self.state.step + 1, None)
+            plan_at = max(self.state.step + 2, min(self.state.step + 1 + MEASURE_STEPS, self.cfg.optim.warmup_steps))
             while self.state.step < self.total_steps and not self.stop_reason:
                 lr = learning_rate(self.state.step, self.total_steps, self.cfg.optim)
                 result = self.step(lr, window)
                 if result is None:  # out of memory: retried with half the micro-batch
                     continue
                 window.add(result.loss, result.grad_norm)
+                if self.state.step == plan_at and self.total_steps == UNPLANNED:
+                    self._plan_steps()
                 if self._due(self.cfg.train.log_every):
                     window = self._log_progress(window, lr)
-                if self.val_volumes and self._due(self.cfg.train.val_every):
+                if self.val_volumes and self._due(self.cfg.train.val_every) and self._validated_at != self.state.step:
                     self.validate()
                 self._collect_scores(wait=False)
                 self.stop_reason = self._stop_requested(signals)
@@ -192,7 +191,29 @@ class Trainer:
 
     @property
     def total_steps(self) -> int:
-        return self.cfg.train.steps
+        return self.cfg.train.steps or self.state.planned_steps or UNPLANNED
+
+    def _plan_steps(self) -> None:
+        """Fix the step count so the LR schedule ends with the time budget, from the measured
+        step time (since step 2), one real validation and one real checkpoint."""
+        from_step, from_time = self._measure_from
+        step_s = (time.perf_counter() - from_time) / (self.state.step - from_step)
+        t0 = time.perf_counter()
+        if self.val_volumes:
+            self.validate()
+        validation_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self.checkpoint()
+        checkpoint_s = time.perf_counter() - t0
+        remaining = min(self.clock.budget_s, self.clock.deadline_s) - self.clock.elapsed()
+        planned = steps_that_fit(remaining, step_s, validation_s if self.val_volumes else 0.0, self.cfg.train.val_every,
+                                 checkpoint_s, self.cfg.train.checkpoint_steps, self.state.step)
+        self.state.planned_steps = int(dist.all_gather_object(planned, self.info)[0])  # every rank plans rank 0's count
+        self.log.write({"step": self.state.step, "event": "planned", "planned_steps": self.state.planned_steps, "step_s": step_s,
+                        "validation_s": validation_s, "checkpoint_s": checkpoint_s})
+        say(f"time budget: {self.state.planned_steps} steps fit ({step_s:.3f} s a step, {validation_s:.1f} s a validation)", self.main)
+        self.checkpoint()  # the plan is part of the run from here on: a resume keeps it
+        self.console.set_total(self.state.planned_steps)
 
     def _due(self, every: int) -> bool:
         return self.state.step % every == 0 or self.state.step == self.total_steps
@@ -200,6 +221,8 @@ class Trainer:
     # ---- one step
     def step(self, lr: float, window: LogWindow):
         """One optimizer step; None when it ran out of memory and the micro-batch was halved."""
+        if self.state.step == self._measure_from[0]:
+            self._measure_from = (self.state.step, time.perf_counter())
         try:
             result = optimizer_step(self.net, self.optimizer, self.scaler, self.precision, self._loss, self._micro_batches(window),
                                     self.state.accumulation, lr, self.cfg.optim.grad_clip,
@@ -208,6 +231,8 @@ class Trainer:
             self._halve_micro_batch()
             return None
         self.state.step += 1
+        if self.ema is not None:
+            self.ema.update(self.model)
         return result
 
     def _loss(self, outputs, label: torch.Tensor) -> torch.Tensor:
@@ -224,14 +249,14 @@ class Trainer:
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             slot = micro * info.world + info.rank  # as the sampler numbers micro-batches
             gen = torch.Generator().manual_seed(int(np.random.SeedSequence([self.cfg.train.seed, step, slot]).generate_state(1)[0]))
-            x, y = augment_batch(batch["image"], batch["label"], batch["mean"], batch["std"], self.cfg.augment, gen)
+            x, y = augment_batch(batch["image"], batch["label"], batch["mean"], batch["std"], self.cfg.augment, gen, self.cfg.data.patch_size)
             yield to_memory_format(x, self.speed), y
 
     def _open_batches(self):
         d = self.cfg.data
         pool = volume_pool(d.volumes_in_memory, d.patches_per_volume, self.global_batch) if self.data_mode == "none" else None
         sampler = PatchSampler(self.train_volumes, d.patch_size, self.state.micro_batch, d.foreground_fraction,
-                               self.cfg.train.seed, self.info.rank, self.info.world, pool)
+                               self.cfg.train.seed, self.info.rank, self.info.world, self.cfg.augment, pool)
         return iter(make_loader(sampler, self.state.step, self.total_steps, self.state.accumulation, self.cfg.data.num_workers,
                                 self.device.type == "cuda"))
 
@@ -257,22 +282,25 @@ class Trainer:
     # ---- validation
     def validate(self) -> None:
         """Predict the held-out volumes; score them here or hand them to the scoring process."""
-        step = self.state.step
+        step = self._validated_at = self.state.step
         if self.main:
-            masks = validation_masks(self.model, self.val_volumes, self.cfg, self.device)
+            masks = validation_masks(self.ema.model if self.ema else self.model, self.val_volumes, self.cfg, self.device)
             labels = [np.asarray(v.label) for v in self.val_volumes]
+            ids = [v.id for v in self.val_volumes]
+            notify(self.observers, "validated", self.run_dir.root, step, self.val_volumes, masks)
             if self.scorer is None:
-                if self._record_validation(step, score_pairs(labels, masks)):
+                if self._record_validation(step, score_pairs(labels, masks, ids)):
                     self.run_dir.save_best(self._checkpoint_dict({"0": own_rng_state()} if not self.info.enabled else {}))
             else:
                 self.run_dir.save_candidate(self._checkpoint_dict({"0": own_rng_state()} if not self.info.enabled else {}), step)
-                self.scorer.submit(step, labels, masks)
+                self.scorer.submit(step, labels, masks, ids)
         dist.barrier(self.info)
 
     def _record_validation(self, at_step: int, scores: dict) -> bool:
         """Log a validation; whether it is the best so far."""
         self.log.write({"step": at_step, **scores})
         say(f"step {at_step:>6} validation leaderboard {scores['val/leaderboard']:.4f}", self.main)
+        notify(self.observers, "scored", self.run_dir.root, at_step, scores)
         if self.state.best_score is None or scores["val/leaderboard"] > self.state.best_score:
             self.state.best_score = scores["val/leaderboard"]
             return True
@@ -289,6 +317,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.precision.needs_scaler else None,
+            "ema": self.ema.state_dict() if self.ema else None,
             **asdict(self.state),
             "config": self.cfg.to_dict(),
             "config_digest": self.cfg.digest(),
@@ -314,6 +343,8 @@ class Trainer:
             self.optimizer.load_state_dict(ckpt["optimizer"])
             if ckpt.get("scaler") and self.precision.needs_scaler:
                 self.scaler.load_state_dict(ckpt["scaler"])
+            if self.ema is not None and ckpt.get("ema"):
+                self.ema.load_state_dict(ckpt["ema"])
             # an out-of-memory fallback of an earlier session stays in force
             self.state = TrainState(**{k: ckpt[k] for k in asdict(self.state) if k in ckpt})
             self.state.history = list(self.state.history)
@@ -321,6 +352,7 @@ class Trainer:
             self.log.truncate_after(self.state.step)
             say(f"resuming {self.run_dir.root} at step {self.state.step}" + (f" (rank {self.info.rank})" if self.info.enabled else ""))
         dist.barrier(self.info)
+        self.console.set_total(None if self.total_steps == UNPLANNED else self.total_steps)
         if self.state.step >= self.total_steps:
             self.stop_reason = "steps"
 
@@ -339,7 +371,10 @@ class Trainer:
         refs = list_volumes(self.data_dir, "train")
         if not refs:
             raise DataError(f"{self.data_dir}: the train set is empty (no id of train.csv has both image and label); check the folder")
-        train_refs, val_refs = split_volumes(refs, self.cfg)
+        train_refs, val_refs = split_volumes(refs, self.cfg.data, self.cfg.train.seed)
+        if self.main:  # what `scrollseg tune` needs to find the held-out volumes again
+            self.run_dir.record_path.write_text(json.dumps({"data": str(Path(self.data_dir).resolve()),
+                                                            "train_ids": [r.id for r in train_refs], "val_ids": [r.id for r in val_refs]}, indent=1))
         d = self.cfg.data
         folder = cache_folder(d.cache_dir, self.run_dir.root)
         choice = prepare_cache(refs, d.cache_mode, folder, d.max_voxels) if self.main else None
@@ -388,8 +423,7 @@ class Trainer:
         self.totals["time"] += elapsed
         self.state.history.append({"step": self.state.step, "loss": record["loss"]})
         self.log.write(record)
-        say(f"step {self.state.step:>6}/{self.total_steps} loss {record['loss']:.4f} lr {lr:.2e} {record['samples_per_s']:.1f} samples/s "
-            f"data-wait {record['data_wait']:.0%}", self.main and self.progress)
+        self.console.update(record, window.steps)
         return LogWindow()
 
     def _stop_requested(self, signals: StopSignals) -> str:
@@ -399,6 +433,7 @@ class Trainer:
 
     def _finish(self) -> TrainResult:
         self.batches = None
+        self.console.stop_bar()
         step = self.state.step
         if step >= self.total_steps:
             self.stop_reason = "steps"
@@ -410,15 +445,22 @@ class Trainer:
         if getattr(self, "totals", None) and self.totals["time"] > 0:
             summary = {"data_wait": self.totals["wait"] / self.totals["time"], **self.gpus.summary()}
             self.log.write({"step": step, "event": "summary", **summary})
-            say("run summary: " + ", ".join(f"{k} {v:.3g}" for k, v in summary.items()), self.main and self.progress)
         if self.stop_reason in ("time-limit", "peer") or self.stop_reason.startswith("SIG"):
             say(f"stopped at step {step} ({self.stop_reason}); checkpoint saved. Resume with the same command: "
                 f"scrollseg train {self.data_dir} {self.run_dir.root}", self.main)
+        if self.main:
+            end = run_summary(self.run_dir.root, self.data_dir, self.log.read(), step, self.total_steps, self.stop_reason,
+                              self.clock.elapsed(), self.gpus.summary())
+            write_summary(self.run_dir.root / "summary.json", end)
+            say("\n".join(summary_lines(end)), self.progress)
+            notify(self.observers, "finished", self.run_dir.root, end)
+        self.console.close()
         dist.barrier(self.info)
         dist.shutdown(self.info)
         return TrainResult(self.run_dir.root, step, step >= self.total_steps, self.stop_reason, self.state.best_score)
 
 
-def train(data_dir: Path | str, run_dir: Path | str, cfg: Config, progress: bool = True, strategy: str = "ddp") -> TrainResult:
+def train(data_dir: Path | str, run_dir: Path | str, cfg: Config, progress: bool = True, strategy: str = "ddp",
+          observers: tuple[RunObserver, ...] = ()) -> TrainResult:
     """Train (or resume) in this process; see :class:`Trainer`."""
-    return Trainer(data_dir, run_dir, cfg, progress, strategy).run()
+    return Trainer(data_dir, run_dir, cfg, progress, strategy, observers).run()

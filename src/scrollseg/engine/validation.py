@@ -31,10 +31,17 @@ def validation_masks(model: torch.nn.Module, volumes, cfg: Config, device: torch
     return [mask for _, mask in predict_masks(model, items, settings, device)]
 
 
-def score_pairs(labels: list[np.ndarray], masks: list[np.ndarray]) -> dict:
-    """Mean leaderboard metric (and its parts) over (label, mask) pairs."""
+CASE_KEYS = MEAN_KEYS + ("voi_split", "voi_merge")
+
+
+def score_pairs(labels: list[np.ndarray], masks: list[np.ndarray], ids: list[str] | None = None) -> dict:
+    """Mean leaderboard metric (and its parts) over (label, mask) pairs; with ``ids``,
+    also each volume's figures under ``val/cases``."""
     scores = [score_volume(label, mask) for label, mask in zip(labels, masks)]
-    return {f"val/{k}": float(np.mean([getattr(s, k) for s in scores])) for k in MEAN_KEYS}
+    out: dict = {f"val/{k}": float(np.mean([getattr(s, k) for s in scores])) for k in MEAN_KEYS}
+    if ids is not None:
+        out["val/cases"] = {vid: {k: float(getattr(s, k)) for k in CASE_KEYS} for vid, s in zip(ids, scores)}
+    return out
 
 
 class BackgroundScorer:
@@ -44,11 +51,11 @@ class BackgroundScorer:
         self._pool: ProcessPoolExecutor | None = None
         self._pending: deque[tuple[int, Future]] = deque()
 
-    def submit(self, step: int, labels: list[np.ndarray], masks: list[np.ndarray]) -> None:
+    def submit(self, step: int, labels: list[np.ndarray], masks: list[np.ndarray], ids: list[str] | None = None) -> None:
         if self._pool is None:
             # spawn: the training process may hold CUDA, which a forked child must not touch
             self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-        self._pending.append((step, self._pool.submit(score_pairs, labels, masks)))
+        self._pending.append((step, self._pool.submit(score_pairs, labels, masks, ids)))
 
     def results(self, wait: bool = False) -> list[tuple[int, dict]]:
         """(step, scores) of the finished validations, oldest first; ``wait`` for all."""

@@ -10,11 +10,11 @@ import itertools
 import numpy as np
 
 from ..metrics.leaderboard import score_volume
-from .postprocess import binarise
+from .postprocess import remove_dust
 
 
 def threshold_predict(image: np.ndarray, threshold: int, min_component: int) -> np.ndarray:
-    return binarise(image.astype(np.float32), float(threshold), 0.0, min_component)
+    return remove_dust(image > threshold, min_component).astype(np.uint8)
 
 
 def tune_threshold(pairs: list[tuple[np.ndarray, np.ndarray]], min_components=(0, 64, 512)) -> tuple[int, int, float]:

@@ -17,7 +17,7 @@ from ..config import Config, InferenceConfig, from_dict
 from ..data.cache import intensity_stats
 from ..models import build_model
 from ..precision import resolve_precision
-from .postprocess import binarise
+from .postprocess import postprocess
 from .sliding_window import sliding_window
 from .tta import FLIP_SETS, with_flip_tta
 
@@ -30,19 +30,24 @@ def load_model(checkpoint: Path | str, device: torch.device) -> tuple[torch.nn.M
     ckpt = load_checkpoint(resolve_checkpoint(checkpoint))
     cfg = from_dict(ckpt["config"])
     model = build_model(cfg.model)
-    model.load_state_dict(ckpt["model"])
+    # the weight average, when the run kept one, is what was validated
+    model.load_state_dict(ckpt["ema"]["model"] if ckpt.get("ema") else ckpt["model"])
     return model.to(device).eval(), cfg
 
 
 def probability_map(
-    model: torch.nn.Module,
+    model: torch.nn.Module | Sequence[torch.nn.Module],
     image: np.ndarray,
     cfg: InferenceConfig,
     tile: list[int],
     device: torch.device,
     stats: tuple[float, float] | None = None,
+    progress: bool = False,
 ) -> np.ndarray:
-    """Surface probability [D, H, W] float32 of a uint8 volume."""
+    """Surface probability [D, H, W] float32 of a uint8 volume; ``progress`` shows its tiles.
+    With several models (an ensemble) each batch of tiles goes through every model and the
+    probabilities are averaged."""
+    models = [model] if isinstance(model, torch.nn.Module) else list(model)
     mean, std = stats or intensity_stats(image)
     volume = ((torch.from_numpy(np.array(image, dtype=np.uint8)).float() / 255.0 - mean) / std).unsqueeze(0)
     precision = resolve_precision("auto", device)
@@ -50,13 +55,13 @@ def probability_map(
     @torch.inference_mode()
     def predict(batch: torch.Tensor) -> torch.Tensor:
         with precision.autocast():
-            return torch.sigmoid(model(batch).float())
+            return torch.stack([torch.sigmoid(m(batch).float()) for m in models]).mean(0)
 
     predictor = with_flip_tta(predict, FLIP_SETS[: cfg.tta_flips]) if cfg.tta and cfg.tta_flips > 1 else predict
     batch_size = cfg.tile_batch
     while True:
         try:
-            prob = sliding_window(volume, predictor, tuple(tile), cfg.overlap, batch_size, device, accumulate_device=device)
+            prob = sliding_window(volume, predictor, tuple(tile), cfg.overlap, batch_size, device, accumulate_device=device, progress=progress)
             break
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
@@ -64,30 +69,35 @@ def probability_map(
                 batch_size //= 2
                 continue
             # one tile at a time still fails: blend on the CPU instead
-            prob = sliding_window(volume, predictor, tuple(tile), cfg.overlap, 1, device, accumulate_device="cpu")
+            prob = sliding_window(volume, predictor, tuple(tile), cfg.overlap, 1, device, accumulate_device="cpu", progress=progress)
             break
     return prob[0].float().cpu().numpy()
 
 
 def to_mask(prob: np.ndarray, cfg: InferenceConfig) -> np.ndarray:
-    """The configured threshold and post-processing of a probability map."""
-    return binarise(prob, cfg.threshold, cfg.hysteresis_low, cfg.min_component)
+    """The configured threshold and post-processing steps applied to a probability map."""
+    return postprocess(prob, cfg)
 
 
-def predict_probabilities(model: torch.nn.Module, volumes: Iterable[VolumeItem], cfg: Config, device: torch.device) -> Iterator[tuple[object, np.ndarray]]:
-    """``(key, probability map)`` for each volume, with ``cfg.inference`` (TTA included)."""
-    was_training = model.training
-    model.eval()
+def predict_probabilities(model: torch.nn.Module | Sequence[torch.nn.Module], volumes: Iterable[VolumeItem], cfg: Config,
+                          device: torch.device, progress: bool = False) -> Iterator[tuple[object, np.ndarray]]:
+    """``(key, probability map)`` for each volume, with ``cfg.inference`` (TTA included); ``progress`` shows each volume's tiles."""
+    models = [model] if isinstance(model, torch.nn.Module) else list(model)
+    was_training = [m.training for m in models]
+    for m in models:
+        m.eval()
     try:
         for key, image, stats in volumes:
-            yield key, probability_map(model, image, cfg.inference, cfg.tile_size(), device, stats)
+            yield key, probability_map(models, image, cfg.inference, cfg.tile_size(), device, stats, progress)
     finally:
-        model.train(was_training)
+        for m, mode in zip(models, was_training):
+            m.train(mode)
 
 
-def predict_masks(model: torch.nn.Module, volumes: Iterable[VolumeItem], cfg: Config, device: torch.device) -> Iterator[tuple[object, np.ndarray]]:
+def predict_masks(model: torch.nn.Module | Sequence[torch.nn.Module], volumes: Iterable[VolumeItem], cfg: Config, device: torch.device,
+                  progress: bool = False) -> Iterator[tuple[object, np.ndarray]]:
     """``(key, uint8 mask)`` for each volume: probability map, threshold, post-processing."""
-    for key, prob in predict_probabilities(model, volumes, cfg, device):
+    for key, prob in predict_probabilities(model, volumes, cfg, device, progress):
         yield key, to_mask(prob, cfg.inference)
 
 

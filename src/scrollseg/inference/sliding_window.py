@@ -21,6 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..progress import Progress
+
 
 def tile_starts(size: int, tile: int, overlap: float) -> list[int]:
     if size <= tile:
@@ -67,10 +69,12 @@ def sliding_window(
     device: torch.device | str = "cpu",
     accumulate_device: torch.device | str | None = None,
     accumulate_dtype: torch.dtype = torch.float32,
+    progress: bool = False,
 ) -> torch.Tensor:
     """Blend ``predictor`` over ``volume`` [C, D, H, W]; returns [C_out, D, H, W] on ``accumulate_device``.
 
-    ``predictor`` maps a batch [B, C, *tile] on ``device`` to [B, C_out, *tile].
+    ``predictor`` maps a batch [B, C, *tile] on ``device`` to [B, C_out, *tile]; ``progress``
+    shows the tiles done.
     """
     device = torch.device(device)
     acc_device = torch.device(accumulate_device) if accumulate_device is not None else device
@@ -86,6 +90,7 @@ def sliding_window(
     axis_starts = [tile_starts(s, t, overlap) for s, t in zip(padded, tile)]
     starts = list(itertools.product(*axis_starts))
     total = None
+    tiles = Progress(total=len(starts), desc="tiles", unit="tile", enabled=progress, leave=False)
     for i in range(0, len(starts), batch_size):
         chunk = starts[i : i + batch_size]
         batch = torch.stack([volume[(slice(None),) + tuple(slice(s, s + t) for s, t in zip(st, tile))] for st in chunk]).to(device, non_blocking=True)
@@ -95,6 +100,8 @@ def sliding_window(
         weighted = out.float().mul_(weights).to(acc_device, accumulate_dtype)
         for st, pred in zip(chunk, weighted):
             total[(slice(None),) + tuple(slice(s, s + t) for s, t in zip(st, tile))] += pred
+        tiles.update(len(chunk))
+    tiles.close()
     # divide by the separable weight sum, one axis at a time, in place
     for axis, (size, t, s) in enumerate(zip(padded, tile, axis_starts)):
         shape = [1] * (total.ndim)

@@ -12,11 +12,13 @@ import json
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path, PurePosixPath
+from typing import Callable
 
 import numpy as np
 
 from ..data.io import DEFAULT_MAX_VOXELS, read_volume
 from ..errors import DataError
+from ..progress import Progress
 from .leaderboard import score_volume
 
 MAX_ZIP_BYTES = 64 * 1024**3
@@ -67,16 +69,22 @@ class PredictionSource:
 
 
 def _score_one(args) -> tuple[str, dict]:
-    vid, label_path, pred_path = args
+    vid, label_path, pred_path, explain = args
     label = read_volume(label_path)
     pred = PredictionSource(pred_path).read(vid)
     if pred.shape != label.shape:
         raise DataError(f"{vid}.tif: prediction shape {pred.shape} differs from the label {label.shape}")
+    if explain is not None:
+        explain(vid, label, pred)
     return vid, score_volume(label, pred).as_dict()
 
 
-def score_predictions(labels: Path | str, pred: Path | str, workers: int = 1) -> dict:
-    """``{"cases": {id: {...}}, "mean": {...}}`` over the ids present in ``labels``."""
+def score_predictions(labels: Path | str, pred: Path | str, workers: int = 1, explain: Callable | None = None, progress: bool = False) -> dict:
+    """``{"cases": {id: {...}}, "mean": {...}}`` over the ids present in ``labels``.
+
+    ``explain(id, label, pred)``, when given, is also called for each volume (in the
+    scoring process; it must pickle when ``workers`` > 1).
+    """
     labels = Path(labels)
     if not labels.is_dir():
         raise DataError(f"{labels}: label folder not found; give the folder of <id>.tif labels")
@@ -87,12 +95,12 @@ def score_predictions(labels: Path | str, pred: Path | str, workers: int = 1) ->
     missing = sorted(set(label_files) - set(source.ids()))
     if missing:
         raise DataError(f"{pred}: no prediction for {len(missing)} labelled id(s) (first: {missing[0]}.tif)")
-    jobs = [(vid, str(path), str(source.path)) for vid, path in label_files.items()]
+    jobs = [(vid, str(path), str(source.path), explain) for vid, path in label_files.items()]
     if workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(_score_one, jobs))
+            results = list(Progress(pool.map(_score_one, jobs), total=len(jobs), desc="score", unit="vol", enabled=progress))
     else:
-        results = [_score_one(job) for job in jobs]
+        results = list(Progress(map(_score_one, jobs), total=len(jobs), desc="score", unit="vol", enabled=progress))
     cases = dict(results)
     mean = {k: float(np.mean([c[k] for c in cases.values()])) for k in MEAN_KEYS}
     return {"cases": cases, "mean": mean}

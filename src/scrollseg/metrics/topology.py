@@ -104,13 +104,19 @@ def octant_slices(shape: tuple[int, ...]):
                 yield tuple(slice(lo, hi) for lo, hi in (a, b, c))
 
 
-def topo_counts(gt: np.ndarray, pred: np.ndarray) -> TopoCounts:
-    totals = np.zeros((3, 3), dtype=np.int64)
+def octant_counts(gt: np.ndarray, pred: np.ndarray):
+    """``(octant slices, matched, predicted, label)`` per octant, each count a triple over dimensions 0..2."""
     workspace = Workspace()
     for sl in octant_slices(gt.shape):
         g = finite_feature_counts(gt[sl])
         p = finite_feature_counts(pred[sl])
         m = matched_counts(pred[sl], gt[sl], (p, g), workspace)
+        yield sl, m, p, g
+
+
+def topo_counts(gt: np.ndarray, pred: np.ndarray) -> TopoCounts:
+    totals = np.zeros((3, 3), dtype=np.int64)
+    for _, m, p, g in octant_counts(gt, pred):
         for k in range(3):
             totals[k] += (m[k], p[k], g[k])
     return TopoCounts(tuple(tuple(int(v) for v in row) for row in totals))

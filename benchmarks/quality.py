@@ -1,0 +1,144 @@
+"""Recipe quality on held-out data the recipe was not tuned on: an ablation table.
+
+Datasets come from ``benchmarks/quality_data.py`` (``alt``: a second synthetic family;
+``real``: chunks with real Scroll 1 sheet shapes). Each arm trains the tiny preset with
+some parts switched off, for the same number of steps on the same network (so the same
+CPU time: the parts that differ cost under 2% of a step), then predicts the held-out test
+split in several ways. Every result is one JSON line in ``--results``; ``render`` turns
+them into docs/quality.md.
+
+    python benchmarks/quality.py data alt OUT --train 16 --test 6 --seed 11
+    python benchmarks/quality.py run OUT/alt ARM --steps 600 --seed 0 --results quality.jsonl
+    python benchmarks/quality.py render quality.jsonl > docs/quality.md
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from scrollseg import api
+from scrollseg.config import build_config
+from scrollseg.metrics.evaluate import score_predictions
+
+# arm -> overrides of the tiny preset
+ARMS = {
+    "recipe": [],
+    "no_skeleton_recall": ["loss.skeleton_recall_weight=0"],
+    "flips_only": ["augment.rotation_prob=0", "augment.scale_prob=0", "augment.noise_prob=0", "augment.blur_prob=0",
+                   "augment.brightness_prob=0", "augment.contrast_prob=0", "augment.lowres_prob=0", "augment.gamma_prob=0",
+                   "augment.inverted_gamma_prob=0"],
+}
+FIXED = {"threshold": 0.5, "hysteresis_low": 0.0, "postprocess": ["remove_dust"]}
+
+
+def _score(data: Path, run, out: Path, **kw) -> dict:
+    zip_path = predict_zip(data, run, out, **kw)
+    return score_predictions(data / "test_labels", zip_path)["mean"]
+
+
+def predict_zip(data: Path, run, out: Path, **kw) -> Path:
+    return api.predict(run, data / "test_images", out, data / "test.csv", progress=False, **kw)
+
+
+def run_arm(data: Path, arm: str, steps: int, minutes: float, seed: int, work: Path, results: Path, threads: int) -> None:
+    torch.set_num_threads(threads)
+    run = work / f"{data.name}-{arm}-s{seed}-{steps or f'{minutes:g}min'}"
+    overrides = ARMS[arm] + [f"train.seed={seed}", f"train.threads={threads}", f"train.steps={steps}"]
+    if minutes:
+        overrides.append(f"train.minutes={minutes}")
+    t0 = time.perf_counter()
+    result = api.train("tiny", data, run, devices=1, overrides=overrides, progress=False)
+    train_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    tuned = api.tune(run, workers=threads, progress=False)
+    tune_s = time.perf_counter() - t0
+    record = {"dataset": data.name, "arm": arm, "seed": seed, "steps": result.step, "train_s": train_s, "tune_s": tune_s,
+              "tuned": tuned["best"].settings, "validation_tuned": tuned["best"].scores, "validation_as_trained": tuned["start"].scores}
+    record["test"] = {
+        "fixed_0.5": _score(data, run, run / "fixed.zip", use_tuned=False, overrides={**FIXED, "tta": False}),
+        "tuned": _score(data, run, run / "tuned.zip", overrides={"tta": False}),
+        "tuned_tta": _score(data, run, run / "tuned_tta.zip", overrides={"tta": True}),
+    }
+    # one post-processing step left out of the tuned chain at a time
+    for step in tuned["best"].settings["postprocess"]:
+        chain = [s for s in tuned["best"].settings["postprocess"] if s != step]
+        record["test"][f"tuned_without_{step}"] = _score(data, run, run / "ablate.zip", overrides={"tta": False, "postprocess": chain})
+    with open(results, "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+    print(json.dumps({"arm": arm, "dataset": data.name, "seed": seed, **{k: round(v["leaderboard"], 4) for k, v in record["test"].items()}}))
+
+
+def ensemble(data: Path, runs: list[str], results: Path) -> None:
+    mean = _score(data, [Path(r) for r in runs], Path(runs[0]) / "ensemble.zip", overrides={"tta": False})
+    with open(results, "a") as fh:
+        fh.write(json.dumps({"dataset": data.name, "arm": "ensemble", "runs": runs, "test": {"tuned": mean}}) + "\n")
+    print(json.dumps({"ensemble": runs, "leaderboard": mean["leaderboard"]}))
+
+
+def render(results: Path) -> str:
+    records = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    rows = []
+
+    def fmt(values):
+        if not values:
+            return "-"
+        lo, hi = min(values), max(values)
+        return f"{lo:.3f}" if len(values) == 1 else f"{lo:.3f}-{hi:.3f}"
+
+    lines = ["| dataset | arm | prediction | runs | leaderboard | TopoScore | surface Dice | VOI score |", "|---|---|---|---|---|---|---|---|"]
+    for dataset in sorted({r["dataset"] for r in records}):
+        for arm in [a for a in list(ARMS) + ["ensemble"] if any(r["arm"] == a and r["dataset"] == dataset for r in records)]:
+            group = [r for r in records if r["dataset"] == dataset and r["arm"] == arm]
+            for mode in dict.fromkeys(k for r in group for k in r["test"]):
+                scores = [r["test"][mode] for r in group if mode in r["test"]]
+                rows.append(f"| {dataset} | {arm} | {mode} | {len(scores)} | " + " | ".join(fmt([s[k] for s in scores]) for k in ("leaderboard", "topo", "surface_dice", "voi_score")) + " |")
+    return "\n".join(lines + rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("data")
+    p.add_argument("kind", choices=("alt", "real"))
+    p.add_argument("out")
+    p.add_argument("--train", type=int, default=16)
+    p.add_argument("--test", type=int, default=6)
+    p.add_argument("--seed", type=int, default=11)
+    p = sub.add_parser("run")
+    p.add_argument("data")
+    p.add_argument("arm", choices=list(ARMS))
+    p.add_argument("--steps", type=int, default=0)
+    p.add_argument("--minutes", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work", default="quality_runs")
+    p.add_argument("--results", default="quality.jsonl")
+    p.add_argument("--threads", type=int, default=2)
+    p = sub.add_parser("ensemble")
+    p.add_argument("data")
+    p.add_argument("runs", nargs="+")
+    p.add_argument("--results", default="quality.jsonl")
+    p = sub.add_parser("render")
+    p.add_argument("results")
+    args = parser.parse_args()
+    if args.cmd == "data":
+        here = Path(__file__).parent
+        subprocess.run([sys.executable, str(here / "quality_data.py"), args.kind, str(Path(args.out) / args.kind), "--train", str(args.train),
+                        "--test", str(args.test), "--seed", str(args.seed)], check=True)
+    elif args.cmd == "run":
+        if not args.steps and not args.minutes:
+            parser.error("give --steps or --minutes")
+        run_arm(Path(args.data), args.arm, args.steps, args.minutes, args.seed, Path(args.work), Path(args.results), args.threads)
+    elif args.cmd == "ensemble":
+        ensemble(Path(args.data), args.runs, Path(args.results))
+    else:
+        print(render(Path(args.results)))
+
+
+if __name__ == "__main__":
+    main()

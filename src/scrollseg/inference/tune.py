@@ -1,0 +1,129 @@
+"""Choose the threshold and post-processing by the exact leaderboard metric on held-out volumes.
+
+The probability maps are computed once (by the caller, with the TTA that ``predict``
+uses) and cached as float16 ``.npy`` files; each candidate setting is then only a
+threshold, the post-processing steps and the metric, run in worker processes that
+memory-map the cached maps.
+
+The search is a coordinate descent over a small discrete grid, not a sampler such as
+Optuna: the space has five axes of 2 to 7 values, the axes barely interact except
+threshold with hysteresis (searched together), and a deterministic sweep gives the same
+answer on every machine with no extra dependency. Two passes over the axes settle it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from ..config import InferenceConfig
+from ..data.io import read_volume
+from ..metrics.evaluate import MEAN_KEYS
+from ..metrics.leaderboard import score_volume
+from .postprocess import postprocess
+
+TUNED_FILE = "tuned.yaml"
+TUNED_KEYS = ("threshold", "hysteresis_low", "min_component", "postprocess", "close_radius", "hole_max")
+
+# axes searched in turn; threshold and hysteresis are one axis because they interact
+AXES: dict[str, list[dict]] = {
+    "threshold": [{"threshold": t, "hysteresis_low": 0.0} for t in (0.3, 0.4, 0.5, 0.6, 0.7)]
+    + [{"threshold": high, "hysteresis_low": low} for high, low in itertools.product((0.5, 0.6, 0.7, 0.8), (0.25, 0.35)) if low < high],
+    "postprocess": [{"postprocess": p} for p in (["remove_dust"], ["remove_dust", "plug_holes"], ["remove_dust", "close_sheets"],
+                                                 ["remove_dust", "plug_holes", "close_sheets"], ["remove_dust", "plug_holes", "close_sheets", "fill_cavities"])],
+    "min_component": [{"min_component": m} for m in (0, 64, 512, 2048)],
+    "close_radius": [{"close_radius": r} for r in ([1, 1, 1], [1, 2, 2], [2, 2, 2])],
+    "hole_max": [{"hole_max": h} for h in (8, 16, 64)],
+}
+
+
+@dataclasses.dataclass
+class Trial:
+    settings: dict
+    scores: dict  # mean leaderboard and its parts
+    seconds: float
+
+
+def _score_setting(job) -> tuple[int, dict, float]:
+    index, settings, pairs = job
+    cfg = dataclasses.replace(InferenceConfig(), **settings)
+    t0 = time.perf_counter()
+    scores = []
+    for prob_path, label_path in pairs:
+        prob = np.load(prob_path, mmap_mode="r")
+        scores.append(score_volume(read_volume(label_path), postprocess(np.asarray(prob, dtype=np.float32), cfg)))
+    mean = {k: float(np.mean([getattr(s, k) for s in scores])) for k in MEAN_KEYS}
+    return index, mean, time.perf_counter() - t0
+
+
+def tune(pairs: list[tuple[Path, Path]], start: InferenceConfig, workers: int = 1, passes: int = 2, progress=None) -> list[Trial]:
+    """Every trial of the search over (probability .npy, label .tif) pairs, the first being
+    ``start``'s own settings; the best is :func:`best_trial`."""
+    best = {k: getattr(start, k) for k in TUNED_KEYS}
+    seen: dict[str, Trial] = {}
+    pairs = [(str(p), str(lab)) for p, lab in pairs]
+    pool = ProcessPoolExecutor(workers) if workers > 1 else None
+
+    def evaluate(candidates: list[dict]) -> None:
+        todo = [c for c in candidates if _key(c) not in seen]
+        jobs = [(i, c, pairs) for i, c in enumerate(todo)]
+        for i, scores, seconds in (pool.map(_score_setting, jobs) if pool else map(_score_setting, jobs)):
+            seen[_key(todo[i])] = Trial(todo[i], scores, seconds)
+            if progress:
+                progress(seen[_key(todo[i])])
+
+    try:
+        evaluate([best])  # the first trial is the starting point
+        for _ in range(passes):
+            changed = False
+            for options in AXES.values():
+                candidates = [{**best, **option} for option in options]
+                evaluate(candidates)
+                winner = max(candidates + [best], key=lambda c: seen[_key(c)].scores["leaderboard"])
+                if _key(winner) != _key(best):
+                    best, changed = winner, True
+            if not changed:
+                break
+    finally:
+        if pool:
+            pool.shutdown()
+    return list(seen.values())
+
+
+def _key(settings: dict) -> str:
+    return repr(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in settings.items()))
+
+
+def best_trial(trials: list[Trial]) -> Trial:
+    return max(trials, key=lambda t: t.scores["leaderboard"])
+
+
+def save_tuned(run_root: Path, trial: Trial, meta: dict) -> Path:
+    path = Path(run_root) / TUNED_FILE
+    path.write_text(yaml.safe_dump({"inference": trial.settings, "scores": trial.scores, **meta}, sort_keys=False))
+    return path
+
+
+def run_root_of(checkpoint: Path | str) -> Path | None:
+    """The run folder of a run folder or of a file in its ``checkpoints/``."""
+    path = Path(checkpoint)
+    if path.is_dir():
+        return path
+    if path.parent.name == "checkpoints":
+        return path.parent.parent
+    return None
+
+
+def tuned_settings(checkpoint: Path | str) -> tuple[dict, Path] | None:
+    """The settings ``tune`` saved for the run a checkpoint belongs to, with their file."""
+    root = run_root_of(checkpoint)
+    path = root / TUNED_FILE if root else None
+    if path is None or not path.is_file():
+        return None
+    values = yaml.safe_load(path.read_text()) or {}
+    return {k: v for k, v in (values.get("inference") or {}).items() if k in TUNED_KEYS}, path
