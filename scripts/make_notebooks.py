@@ -29,31 +29,36 @@ TRAIN_CELLS = [
     "# scrollseg on Kaggle: train on both GPUs, resume across 12-hour sessions\n"
     "Attach the competition data, the `scrollseg-wheels` dataset and, from the second session on, the previous "
     "session's output as `scrollseg-run`. Run all cells; the run checkpoints before the session's limit and the "
-    "same notebook continues it next time.",
+    "same notebook continues it next time. docs/kaggle.md has the whole procedure.",
     INSTALL,
     PATHS,
     '''# Resume: bring the previous session's run folder into /kaggle/working (read-only inputs cannot be written).
+# last.pt names the same file as the newest step file; the next checkpoint recreates it.
 PREVIOUS = Path(os.environ.get("SCROLLSEG_PREVIOUS_RUN", "/kaggle/input/scrollseg-run/run"))
 if PREVIOUS.is_dir() and not RUN.exists():
-    shutil.copytree(PREVIOUS, RUN, ignore=shutil.ignore_patterns("cache"))
+    shutil.copytree(PREVIOUS, RUN, ignore=shutil.ignore_patterns("cache", "last.pt"))
 print("resuming" if (RUN / "checkpoints").is_dir() else "starting", RUN)''',
-    '''# DDP on every GPU, started by fork from this kernel; checkpoints before the 12-hour limit.
-result = scrollseg.train(PRESET, INPUT, RUN, devices=DEVICES, overrides=["train.time_limit=11h40m", *OVERRIDES])
+    '''# DDP on every GPU, started by fork from this kernel. The data path (decoded cache, compressed cache or none)
+# is chosen by the free disk and printed; the preset stops 11h45m after this kernel started, with a checkpoint.
+result = scrollseg.train(PRESET, INPUT, RUN, devices=DEVICES, overrides=OVERRIDES)
 print(result)''',
-    '''# The cache is rebuilt from the data when missing; keep it out of the saved output.
+    '''# fp16 weights and config for the submission notebook; on Kaggle the cache is under /tmp, elsewhere drop RUN/cache.
+from scrollseg.export import export_weights
 shutil.rmtree(RUN / "cache", ignore_errors=True)
-print(sorted(p.name for p in (RUN / "checkpoints").iterdir()))''',
+model = export_weights(RUN, WORK / "model.pt")
+print(model, round(model.stat().st_size / 2**20, 1), "MiB;", sorted(p.name for p in (RUN / "checkpoints").iterdir()))''',
 ]
 
 SUBMIT_CELLS = [
     "# scrollseg on Kaggle: predict the test set into submission.zip\n"
-    "Attach the competition data, the `scrollseg-wheels` dataset and a trained run as `scrollseg-run`. "
-    "No internet is needed.",
+    "Attach the competition data, the `scrollseg-wheels` dataset and a trained run's output as `scrollseg-run`. "
+    "No internet is needed. The prediction finishes 8h30m after the kernel started, lowering the flip TTA if it must.",
     INSTALL,
     PATHS,
     '''import scrollseg
-CHECKPOINT = Path(os.environ.get("SCROLLSEG_CHECKPOINT", "/kaggle/input/scrollseg-run/run"))
-submission = scrollseg.predict(CHECKPOINT, INPUT / "test_images", WORK / "submission.zip", INPUT / "test.csv", devices=DEVICES)
+CHECKPOINT = Path(os.environ.get("SCROLLSEG_CHECKPOINT", "/kaggle/input/scrollseg-run/model.pt"))
+submission = scrollseg.predict(CHECKPOINT, INPUT / "test_images", WORK / "submission.zip", INPUT / "test.csv", devices=DEVICES,
+                               time_limit="8h30m")
 print(submission, submission.stat().st_size, "bytes")''',
     '''# Local score, where test labels exist (they do not on Kaggle's hidden test set).
 if (INPUT / "test_labels").is_dir():

@@ -16,8 +16,8 @@ from scrollseg.data.augment import (
     rotation_matrix,
     spatial_crop_size,
 )
-from scrollseg.data.cache import CachedVolume
 from scrollseg.data.sampler import PatchSampler
+from scrollseg.data.volumes import ArrayVolume
 
 # every transform off: the output is the normalised centre slice of the crop
 OFF = AugmentConfig(rotation_prob=0, scale_prob=0, mirror_prob=0, noise_prob=0, blur_prob=0, brightness_prob=0, contrast_prob=0,
@@ -74,7 +74,7 @@ def test_an_enlarged_crop_of_a_big_volume_gives_patches_without_padding():
     image = rng.integers(0, 256, (size,) * 3, dtype=np.uint8)
     label = np.zeros((size,) * 3, np.uint8)
     label[44:52, 44:52, 44:52] = rng.random((8, 8, 8)) < 0.5
-    vol = CachedVolume("big", image, label, np.flatnonzero(label), 0.5, 0.25)
+    vol = ArrayVolume.of("big", image, label, 0.5, 0.25)
     sampler = PatchSampler([vol], patch, 8, 1.0, seed=0, augment=SPATIAL)
     crop = spatial_crop_size(patch, SPATIAL)
     assert crop == [40, 40, 40], "1.4 x the bounding box of 15 voxels turned by 45 degrees about every axis (x 1.73), plus margins"
@@ -138,7 +138,7 @@ def test_an_oversampled_foreground_voxel_lands_inside_the_rotated_patch(where):
     label = np.zeros((size,) * 3, np.uint8)
     image[tuple(slice(c - 1, c + 2) for c in where)] = 255
     label[where] = 1
-    vol = CachedVolume("one", image, label, np.flatnonzero(label), 0.0, 1 / 255)
+    vol = ArrayVolume.of("one", image, label, 0.0, 1 / 255)
     cfg = with_(SPATIAL, rotation_deg=30.0, crop_cap=2.0, mirror_prob=0.5, rot90=True)
     sampler = PatchSampler([vol], patch, 32, 1.0, seed=0, augment=cfg)
     for step in range(3):

@@ -9,7 +9,8 @@ from scrollseg.data.augment import augment_batch
 from scrollseg.data.cache import VolumeCache
 from scrollseg.data.io import read_volume, write_volume
 from scrollseg.data.layout import list_volumes
-from scrollseg.data.sampler import PatchSampler, crop_padded
+from scrollseg.data.sampler import PatchSampler
+from scrollseg.data.volumes import FOREGROUND_BLOCK
 from scrollseg.errors import DataError
 
 
@@ -77,8 +78,12 @@ def test_cache_memmaps_and_finds_foreground(small_dataset, tmp_path):
     assert isinstance(vol.image, np.memmap)
     label = read_volume(ref.label)
     assert np.array_equal(np.asarray(vol.label), label)
-    assert np.array_equal(vol.foreground, np.flatnonzero(label == 1))
-    entry = next(tmp_path.iterdir())
+    # the k-th surface voxel, block by block: every one of them exactly once
+    found = np.array([vol.foreground_voxel(k) for k in range(vol.foreground_count)])
+    assert vol.foreground_count == (label == 1).sum()
+    assert np.array_equal(np.sort(np.ravel_multi_index(found.T, label.shape)), np.flatnonzero(label == 1))
+    assert np.array_equal(found[0], np.argwhere(label[:FOREGROUND_BLOCK, :FOREGROUND_BLOCK, :FOREGROUND_BLOCK] == 1)[0])
+    entry = cache.entry(ref)
     mtime = (entry / "image.npy").stat().st_mtime_ns
     cache.load(ref)
     assert (entry / "image.npy").stat().st_mtime_ns == mtime, "decoded only once"
@@ -119,11 +124,12 @@ def test_foreground_oversampling(small_dataset, tmp_path):
     assert (always == 1).mean() > (never == 1).mean()
 
 
-def test_crop_padded():
-    arr = np.arange(27, dtype=np.uint8).reshape(3, 3, 3)
-    out = crop_padded(arr, np.array([-1, 0, 1]), (3, 3, 3), 99)
-    assert (out[0] == 99).all() and (out[:, :, 2] == 99).all()
-    assert out[1, 0, 0] == arr[0, 0, 1]
+def test_patches_outside_the_volume_are_padded(small_dataset, tmp_path):
+    vol = VolumeCache(tmp_path, 10**9).load(list_volumes(small_dataset, "train")[0])
+    image, label = vol.read(np.array([-1, 0, 60]), (3, 3, 6))
+    assert (image[0] == 0).all() and (label[0] == 2).all() and (label[:, :, 4:] == 2).all()
+    assert np.array_equal(image[1:, :, :4], np.asarray(vol.image)[0:2, 0:3, 60:64])
+    assert np.array_equal(label[1:, :, :4], np.asarray(vol.label)[0:2, 0:3, 60:64])
 
 
 def test_augmentation_keeps_image_and_label_aligned():
@@ -175,4 +181,4 @@ def test_cached_volumes_pickle_as_references(small_dataset, tmp_path):
     assert len(data) < 10_000, "a worker started by spawn receives paths, not voxels"
     again = pickle.loads(data)
     assert isinstance(again.image, np.memmap) and np.array_equal(again.image, vol.image)
-    assert np.array_equal(again.foreground, vol.foreground)
+    assert np.array_equal(again.foreground_ends, vol.foreground_ends)

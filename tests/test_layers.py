@@ -16,7 +16,7 @@ LAYERS = {
     "metrics": 2,
     "inference": 3,
     "engine": 4,
-    "launch": 5, "wheelhouse": 5, "report": 5, "doctor": 5,
+    "launch": 5, "wheelhouse": 5, "report": 5, "doctor": 5, "export": 5, "plan": 5,
     "api": 6,
     "demo": 7, "cli": 8, "__main__": 9, "__init__": 9,
 }

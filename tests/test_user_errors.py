@@ -249,7 +249,7 @@ def test_the_dataloader_worker_warning_comes_once(small_dataset, tmp_path):
 def test_every_option_has_help_and_shows_its_default():
     parser = make_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-    assert set(commands) == {"synth", "train", "tune", "predict", "score", "show", "report", "doctor", "wheelhouse", "bench", "demo"}
+    assert set(commands) == {"synth", "train", "tune", "predict", "score", "show", "report", "doctor", "wheelhouse", "bench", "demo", "export", "plan"}
     for name, sub in commands.items():
         text = " ".join(sub.format_help().split())
         for action in sub._actions:

@@ -9,11 +9,15 @@ value is checked before anything is written.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
+import sys
+import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .checkpoint import RunDir, RunLock, load_checkpoint, resolve_checkpoint
@@ -100,6 +104,7 @@ def train(config: Config | str | dict | None, data: str | Path, run: str | Path,
     "dp". Returns rank 0's TrainResult. A run that another process is training is
     refused; one that has already reached its steps returns at once.
     """
+    from .engine.deadline import session_start_for_children
     from .engine.trainer import train as train_in_process
     from .report.live import RunPictures
 
@@ -117,7 +122,10 @@ def train(config: Config | str | dict | None, data: str | Path, run: str | Path,
             say(f"{run}: already finished at step {done.step}; use --steps M with M > {done.step} to train further", main_rank)
             return done
         args = (data, run, cfg, progress, strategy or "ddp", (RunPictures(),))
-        return train_in_process(*args) if n == 1 else run_processes(train_in_process, args, n)
+        if n == 1:
+            return train_in_process(*args)
+        with session_start_for_children():  # the workers' --time-limit counts from this process's start
+            return run_processes(train_in_process, args, n)
 
 
 def _as_list(checkpoints) -> list[Path]:
@@ -157,21 +165,60 @@ def load_predictor(checkpoints, device: torch.device, overrides: dict | None = N
     return _load_models(checkpoints, device), predictor_config(checkpoints, overrides, use_tuned)
 
 
-def _mask_stream(checkpoints, refs: list[VolumeRef], device: torch.device, cfg: Config, progress: bool):
-    """``(ref, mask)`` per volume with the settings of ``cfg``, decoding the next volumes in a thread meanwhile."""
+def _mask_stream(checkpoints, refs: list[VolumeRef], device: torch.device, cfg: Config, progress: bool, deadline: float | None = None):
+    """``(ref, mask)`` per volume with the settings of ``cfg``, decoding the next volumes in a
+    thread meanwhile. With a ``deadline`` (epoch seconds) each volume's flip TTA is chosen to finish in time."""
     from .inference.predict import predict_masks
 
     models = _load_models(checkpoints, device)
-    volumes = ((ref, image, None) for ref, image in read_ahead(refs, lambda r: r.image, cfg.data.max_voxels))
-    yield from predict_masks(models, Progress(volumes, total=len(refs), desc="predict", unit="vol", enabled=progress), cfg, device, progress)
+    volumes = Progress(read_ahead(refs, lambda r: r.image, cfg.data.max_voxels), total=len(refs), desc="predict", unit="vol", enabled=progress)
+    if deadline is None:
+        yield from predict_masks(models, ((ref, image, None) for ref, image in volumes), cfg, device, progress)
+    else:
+        yield from _masks_in_time(models, volumes, refs, cfg, device, deadline, progress)
 
 
-def _predict_share(checkpoints, refs: list[VolumeRef], parts: Path, cfg: Config) -> None:
+def _masks_in_time(models: list[torch.nn.Module], volumes, refs: list[VolumeRef], cfg: Config, device: torch.device, deadline: float,
+                   progress: bool = False):
+    """``(ref, mask)`` with the flips of each volume from a TtaBudget, timing every volume
+    from its arrival to the next one's (prediction, writing and any wait to read); the
+    forward time is that of all the ensemble's models together."""
+    from .inference.predict import predict_masks
+    from .inference.time_budget import TimedForward, TtaBudget
+
+    timed = [TimedForward(model).eval() for model in models]
+    budget = TtaBudget(time.monotonic() + deadline - time.time(), cfg.inference.tta_flips if cfg.inference.tta else 1)
+    voxels = [int(np.prod(read_header_shape(r.image, cfg.data.max_voxels))) for r in refs]
+    previous = None  # (voxels, flips, started) of the volume before
+    for i, (ref, image) in enumerate(volumes):
+        now = time.monotonic()
+        if previous is not None:
+            budget.record(previous[0], previous[1], sum(t.seconds for t in timed), now - previous[2])
+            previous = None
+        flips = budget.choose(voxels[i:], now)
+        if flips == 0:
+            yield ref, np.zeros(image.shape, np.uint8)
+            continue
+        for t in timed:
+            t.seconds = 0.0
+        previous = (voxels[i], flips, now)
+        settings = dataclasses.replace(cfg, inference=dataclasses.replace(cfg.inference, tta=flips > 1, tta_flips=flips))
+        yield from predict_masks(timed, [(ref, image, None)], settings, device, progress)
+    print(f"predict: {budget.summary()}", file=sys.stderr, flush=True)
+
+
+def _predict_share(checkpoints, refs: list[VolumeRef], parts: Path, cfg: Config, deadline: float | None = None) -> None:
     """One worker of a multi-device prediction: every world-th volume, written to ``parts``."""
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     device = torch.device("cuda", rank) if torch.cuda.is_available() else torch.device("cpu")
-    for ref, mask in _mask_stream(checkpoints, refs[rank::world], device, cfg, False):
+    for ref, mask in _mask_stream(checkpoints, refs[rank::world], device, cfg, False, deadline):
         write_volume(parts / f"{ref.id}.tif", mask)
+
+
+def finish_reserve_s(volumes: int, processes: int) -> float:
+    """Time kept after the last prediction: closing the zip, and with several processes
+    reading their masks back into it."""
+    return 30.0 + (0.5 * volumes if processes > 1 else 0.0)
 
 
 def prediction_devices(devices: int | str | torch.device) -> tuple[int, torch.device | None]:
@@ -209,6 +256,7 @@ def predict(
     progress: bool = True,
     devices: int | str = 1,
     use_tuned: bool = True,
+    time_limit: str | None = None,
 ) -> Path:
     """Predict every test volume into ``out``, written only when complete.
 
@@ -216,9 +264,11 @@ def predict(
     probabilities are averaged before post-processing). The run's ``tuned.yaml`` (from
     ``tune``) is used unless ``use_tuned`` is false; ``overrides`` (inference settings) win
     over both. ``devices``: a number of processes to spread the volumes over (``"auto"``:
-    every GPU), or one device such as ``"cpu"`` or ``"cuda:1"``. Every setting is checked
-    before any work.
+    every GPU), or one device such as ``"cpu"`` or ``"cuda:1"``. ``time_limit`` (e.g.
+    ``"8h30m"``, counted from the session start) lowers the flip TTA so that every volume
+    is predicted in time. Every setting is checked before any work.
     """
+    from .engine.deadline import parse_duration, session_start
     from .inference.submission import SubmissionWriter
 
     cfg = predictor_config(checkpoint, overrides, use_tuned, say if progress else None)
@@ -227,16 +277,17 @@ def predict(
     if not refs:
         raise DataError(f"{images}: no .tif volumes found; give the test_images folder or the dataset root")
     n = min(n, len(refs))
+    deadline = session_start() + parse_duration(time_limit) - finish_reserve_s(len(refs), n) if time_limit else None
     with SubmissionWriter(out, {r.id for r in refs}) as writer:
         if n == 1:
             device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-            for ref, mask in _mask_stream(checkpoint, refs, device, cfg, progress):
+            for ref, mask in _mask_stream(checkpoint, refs, device, cfg, progress, deadline):
                 writer.add(ref.id, mask, read_header_shape(ref.image))
         else:
             parts = writer.tmp.with_name(writer.tmp.name + ".parts")
             parts.mkdir()
             try:
-                run_processes(_predict_share, (checkpoint, refs, parts, cfg), n)
+                run_processes(_predict_share, (checkpoint, refs, parts, cfg, deadline), n)
                 for ref in refs:
                     writer.add(ref.id, read_volume(parts / f"{ref.id}.tif"), read_header_shape(ref.image))
             finally:

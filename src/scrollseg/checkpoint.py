@@ -4,7 +4,9 @@ A run folder holds ``config.yaml`` (resolved), ``metrics.jsonl``,
 ``checkpoints/`` with ``last.pt``, ``step-<N>.pt`` (the newest ``keep_last``),
 ``best.pt`` and ``final.pt``, and ``train.lock``, which one training at a time holds. Each checkpoint is a plain dict of tensors and
 Python data, written to a temporary file, fsynced and renamed, so a kill or a
-full disk never leaves a damaged file under a final name. Loading uses
+full disk never leaves a damaged file under a final name. A save writes one file:
+``last.pt`` and ``final.pt`` are hard links to the step file where the filesystem
+allows them (else copies), so they take no extra space. Loading uses
 ``torch.load(weights_only=True)``: a file carrying pickled objects is refused
 before any of its code can run.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import shutil
 import warnings
 import zipfile
 from pathlib import Path
@@ -29,6 +32,14 @@ except ImportError:  # Windows has no flock; runs there are not guarded against 
 STEP_FILE = re.compile(r"step-(\d+)\.pt$")
 
 
+def _fsync_dir(folder: Path) -> None:
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 def atomic_save(obj: dict, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -39,11 +50,27 @@ def atomic_save(obj: dict, path: Path) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot write checkpoint ({exc.strerror}); free disk space or choose another run folder; the previous checkpoint is intact") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_link(source: Path, path: Path) -> None:
+    """Give ``source`` the additional name ``path`` (replacing it atomically): a hard link,
+    or a copy where the filesystem has none."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.unlink(missing_ok=True)
         try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+            os.link(source, tmp)
+        except OSError:  # no hard links here (some network and FUSE filesystems)
+            shutil.copyfile(source, tmp)
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot write checkpoint ({exc.strerror}); free disk space or choose another run folder; the previous checkpoint is intact") from exc
     finally:
@@ -108,10 +135,12 @@ class RunDir:
         return sorted(found)
 
     def save(self, state: dict, step: int, keep_last: int, final: bool = False) -> None:
-        atomic_save(state, self.checkpoints / f"step-{step:08d}.pt")
-        atomic_save(state, self.checkpoints / "last.pt")
+        """Write the step file once; last.pt (and final.pt) name the same file."""
+        step_file = self.checkpoints / f"step-{step:08d}.pt"
+        atomic_save(state, step_file)
+        atomic_link(step_file, self.checkpoints / "last.pt")
         if final:
-            atomic_save(state, self.checkpoints / "final.pt")
+            atomic_link(step_file, self.checkpoints / "final.pt")
         for _, old in self.step_files()[: -max(keep_last, 1)]:
             old.unlink(missing_ok=True)
 

@@ -72,7 +72,8 @@ def cmd_predict(args) -> None:
     if args.threshold is not None:
         overrides["threshold"] = args.threshold
     checkpoints = args.checkpoint if len(args.checkpoint) > 1 else args.checkpoint[0]
-    out = predict(checkpoints, args.images, args.out, args.ids, overrides, devices=args.devices, use_tuned=args.tuned)
+    out = predict(checkpoints, args.images, args.out, args.ids, overrides, devices=args.devices, use_tuned=args.tuned,
+                  time_limit=args.time_limit)
     print(f"wrote {out}")
 
 
@@ -90,6 +91,22 @@ def cmd_tune(args) -> None:
     best, start = result["best"].scores["leaderboard"], result["start"].scores["leaderboard"]
     print(f"best {best:.4f} (as trained {start:.4f}, {best - start:+.4f}) over {len(result['trials'])} settings; saved in {result['path']}; "
           f"predict uses it unless given --no-tuned")
+
+
+def cmd_export(args) -> None:
+    from .export import export_weights
+
+    out = export_weights(args.run, args.out)
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, fp16 weights and config)")
+
+
+def cmd_plan(args) -> None:
+    from .plan import format_plan, make_plan, write_json
+
+    plan = make_plan(args.data, args.preset, args.hours, args.gpus, args.test_volumes, args.steps, args.cache_dir)
+    print(format_plan(plan))
+    if args.json:
+        write_json(plan, args.json)
 
 
 def cmd_score(args) -> None:
@@ -197,6 +214,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", dest="old_device", help=argparse.SUPPRESS)
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, help="flip test-time augmentation (default: the checkpoint's inference.tta)")
     p.add_argument("--threshold", type=float, help="probability above which a voxel is surface, in (0, 1) (default: the checkpoint's inference.threshold)")
+    p.add_argument("--time-limit", help="finish within this wall time from the session start (e.g. 8h30m), lowering the flip TTA "
+                   "as needed (default: no limit)")
     p.add_argument("--tuned", action=argparse.BooleanOptionalAction, default=True,
                    help="use the settings `scrollseg tune` saved in the (first) run")
     p.set_defaults(func=cmd_predict)
@@ -208,6 +227,22 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, help="flip TTA for the probabilities (default: as predict uses)")
     p.add_argument("--top", type=int, default=10, help="rows of the table")
     p.set_defaults(func=cmd_tune)
+
+    p = command("export", "weights-only fp16 copy of a run's checkpoint, for predict")
+    p.add_argument("run", help="run folder (best, final or last checkpoint) or .pt file")
+    p.add_argument("out", help="the .pt file to write")
+    p.set_defaults(func=cmd_export)
+
+    p = command("plan", "disk, memory, steps per hour, sessions and submission time for a dataset on this machine")
+    p.add_argument("data", help="dataset root in the competition layout")
+    p.add_argument("--preset", default="default", help="preset name or .yaml file")
+    p.add_argument("--hours", type=float, default=12.0, help="hours per session (Kaggle: 12)")
+    p.add_argument("--gpus", type=int, help="devices to plan for (default: the GPUs here, else 1)")
+    p.add_argument("--test-volumes", type=int, help="test volumes to predict (default: those in DATA/test_images)")
+    p.add_argument("--steps", type=int, default=3, help="training steps to time")
+    p.add_argument("--cache-dir", help="where the cache would go (default: as training would choose for ./run)")
+    p.add_argument("--json", help="also write the figures to this file")
+    p.set_defaults(func=cmd_plan)
 
     p = command("score", "the leaderboard metric of predictions against labels, per volume and mean")
     p.add_argument("labels", help="folder of <id>.tif labels, or a dataset root (its test_labels/, else train_labels/)")

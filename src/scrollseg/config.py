@@ -30,7 +30,11 @@ class DataConfig:
     folds: int = 0  # > 1: N-fold cross-validation, this run holding out fold ``fold``
     fold: int = 0  # the fold held out when ``folds`` > 1 (0 .. folds - 1)
     val_ids: list[str] = field(default_factory=list)  # overrides the random split when set
-    cache_dir: str = ""  # empty: RUN/cache
+    cache_mode: str = "auto"  # "decoded", "compressed", "none" or "auto": the first that fits the disk (scrollseg/data/cache.py)
+    cache_dir: str = ""  # empty: RUN/cache, or /tmp/scrollseg-cache when RUN is in Kaggle's /kaggle/working
+    cache_workers: int = 0  # processes that build the cache; 0: one per core, at most 8
+    volumes_in_memory: int = 4  # cache_mode none: decoded volumes per loader worker, and the pool each window of steps draws from
+    patches_per_volume: int = 32  # cache_mode none: patches each pooled volume serves per window
     max_voxels: int = 1024**3  # TIFFs announcing more are refused before decoding
 
 
@@ -118,7 +122,8 @@ class InferenceConfig:
     tile: list[int] = field(default_factory=list)  # empty: the training patch size
     overlap: float = 0.5  # share of a tile shared with its neighbour in the sliding window
     tile_batch: int = 4  # tiles predicted at once
-    tta: bool = False  # average over the 8 flips (8x slower)
+    tta: bool = False  # average over the flips (up to 8x slower)
+    tta_flips: int = 8  # flips averaged with tta: 8 (all), 4 (identity and single axes) or 1
     threshold: float = 0.5  # probability above which a voxel is surface
     hysteresis_low: float = 0.0  # > 0: keep components above it that reach ``threshold``
     min_component: int = 64  # remove_dust: 6-connected components smaller than this are removed
@@ -289,11 +294,15 @@ def validate(cfg: Config) -> None:
     need(cfg.train.steps >= 0, "train.steps must be positive (or 0 with train.minutes: as many as fit)")
     need(cfg.train.steps > 0 or cfg.train.minutes > 0, "train.steps=0 needs a time budget: give --minutes M (or train.minutes)")
     need(0.0 <= cfg.train.ema_decay < 1.0, "train.ema_decay must lie in [0, 1), e.g. 0.999")
+    need(cfg.data.cache_mode in ("auto", "decoded", "compressed", "none"), "data.cache_mode must be auto, decoded, compressed or none")
+    need(cfg.data.cache_workers >= 0, "data.cache_workers must be at least 0")
+    need(cfg.data.volumes_in_memory >= 1 and cfg.data.patches_per_volume >= 1, "data.volumes_in_memory and data.patches_per_volume must be at least 1")
     need(cfg.optim.name in ("sgd", "adamw"), "optim.name must be 'sgd' or 'adamw'")
     need(cfg.optim.schedule in ("cosine", "poly", "constant"), "optim.schedule must be cosine, poly or constant")
     need(cfg.optim.accumulation >= 1, "optim.accumulation must be at least 1")
     need(cfg.train.precision in ("auto", "bf16", "fp16", "fp32"), "train.precision must be auto, bf16, fp16 or fp32")
     need(0.0 <= cfg.inference.overlap < 1.0, "inference.overlap must lie in [0, 1)")
+    need(1 <= cfg.inference.tta_flips <= 8, "inference.tta_flips must lie in 1..8")
     aug = cfg.augment
     for name in ("rotation", "scale", "mirror", "noise", "blur", "brightness", "contrast", "lowres", "inverted_gamma", "gamma"):
         need(0.0 <= getattr(aug, f"{name}_prob") <= 1.0, f"augment.{name}_prob must lie in [0, 1]")
@@ -355,7 +364,7 @@ def diff(a: Config, b: Config) -> list[str]:
 
 # settings that may differ between sessions of one run: budgets, bookkeeping, inference
 RESUMABLE_CHANGES = ("train.steps", "train.minutes", "train.time_limit", "train.checkpoint", "train.val_every", "train.val_scoring",
-                     "train.log_every", "train.keep_last", "train.threads", "data.num_workers", "inference.")
+                     "train.log_every", "train.keep_last", "train.threads", "data.num_workers", "data.cache", "inference.")
 
 
 def check_resumable(saved: Config, wanted: Config, allow_change=(), where: str | Path = "run") -> None:

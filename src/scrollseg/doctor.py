@@ -266,7 +266,8 @@ def report(data: Path | str | None = None, run: Path | str = ".", out=None) -> i
         findings, cache_bytes = check_dataset(data)
         need = f"its decoded cache needs {_size(cache_bytes)}; {_size(free)} free at {probe}"
         if cache_bytes > free:
-            findings.warn(need + ": too little; set data.cache_dir to a larger disk")
+            findings.warn(need + ": too little; data.cache_mode=auto then keeps zstd chunks or no cache "
+                          "(`scrollseg plan` sizes each), or set data.cache_dir to a larger disk")
         elif cache_bytes:
             findings.ok(need)
         section(f"dataset {data}", findings.lines)

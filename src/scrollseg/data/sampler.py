@@ -7,6 +7,15 @@ sequence with no sampler state to save, each rank draws different patches, and
 N ranks see exactly the patches one process sees with N-fold accumulation, so the
 two runs train the same model.
 
+Without a cache (``data.cache_mode=none``) every volume a worker reads must be decoded
+from its TIFF, so the draws are grouped: the steps are cut into windows, each window
+draws from a pool of ``data.volumes_in_memory`` volumes (chosen by a generator seeded
+with the seed and the window), and each worker keeps those volumes decoded. Each
+volume then serves about ``data.patches_per_volume`` patches per window. Batches stay a
+pure function of (seed, step, slot), with everything above intact; what the pool
+relaxes is independence: patches of one window come from few volumes. Over many
+windows every volume is drawn equally often.
+
 With an augmentation config, each item is the enlarged crop that the spatial
 augmentation resamples the patch from (``augment.spatial_crop_size``), centred on the
 patch; an oversampled foreground voxel then lies within ``augment.foreground_reach``
@@ -14,30 +23,35 @@ of the patch centre, so that every rotation and scale keeps it inside the final 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..config import AugmentConfig
-from ..constants import IGNORE_LABEL
 from .augment import foreground_reach, spatial_crop_size
-from .cache import CachedVolume
+from .volumes import CachedVolume
+
+POOL_STREAM = 0x706F6F6C  # keeps the pool generators apart from the per-slot ones
 
 
-def crop_padded(arr: np.ndarray, start: np.ndarray, size: tuple[int, ...], fill: int) -> np.ndarray:
-    """``arr[start:start+size]`` where out-of-volume voxels take ``fill``."""
-    out = np.full(size, fill, dtype=arr.dtype)
-    src_lo = np.maximum(start, 0)
-    src_hi = np.minimum(start + np.asarray(size), arr.shape)
-    if np.any(src_hi <= src_lo):
-        return out
-    dst_lo = src_lo - start
-    dst_hi = dst_lo + (src_hi - src_lo)
-    out[tuple(slice(a, b) for a, b in zip(dst_lo, dst_hi))] = arr[tuple(slice(a, b) for a, b in zip(src_lo, src_hi))]
-    return out
+@dataclass(frozen=True)
+class VolumePool:
+    size: int  # volumes per window
+    steps: int  # steps per window
+
+    def members(self, seed: int, step: int, n_volumes: int) -> np.ndarray:
+        rng = np.random.default_rng([seed, POOL_STREAM, step // self.steps])
+        return rng.choice(n_volumes, min(self.size, n_volumes), replace=False)
+
+
+def volume_pool(volumes_in_memory: int, patches_per_volume: int, global_batch: int) -> VolumePool:
+    """Windows long enough that each pooled volume serves ``patches_per_volume`` patches."""
+    return VolumePool(volumes_in_memory, max(1, round(volumes_in_memory * patches_per_volume / global_batch)))
 
 
 class PatchSampler:
-    def __init__(self, volumes: list[CachedVolume], patch_size, batch_size: int, foreground_fraction: float, seed: int, rank: int = 0, world: int = 1,
-                 augment: AugmentConfig | None = None):
+    def __init__(self, volumes: list[CachedVolume], patch_size, batch_size: int, foreground_fraction: float, seed: int, rank: int = 0,
+                 world: int = 1, augment: AugmentConfig | None = None, pool: VolumePool | None = None):
         if not volumes:
             raise ValueError("PatchSampler needs at least one volume")
         self.volumes = volumes
@@ -53,6 +67,7 @@ class PatchSampler:
         self.seed = seed
         self.rank = rank
         self.world = world
+        self.pool = pool
 
     def slot(self, micro: int) -> int:
         return micro * self.world + self.rank
@@ -61,8 +76,8 @@ class PatchSampler:
         """Where the patch starts in the volume (the crop extends around it)."""
         shape = np.asarray(vol.shape)
         patch = np.asarray(self.patch)
-        if vol.foreground.size and rng.random() < self.foreground_fraction:
-            centre = np.asarray(np.unravel_index(vol.foreground[rng.integers(vol.foreground.size)], vol.shape))
+        if vol.foreground_count and rng.random() < self.foreground_fraction:
+            centre = vol.foreground_voxel(int(rng.integers(vol.foreground_count)))
             # jitter so the surface voxel is not always at the patch centre
             start = centre - rng.integers(self.fg_lo, self.fg_hi + 1)
             # stay inside the volume where the voxel's reach allows
@@ -73,14 +88,24 @@ class PatchSampler:
         start = np.array([rng.integers(0, h + 1) for h in high])
         return np.where(shape < patch, (shape - patch) // 2, start)
 
-    def batch(self, step: int, micro: int = 0) -> dict[str, np.ndarray]:
+    def draws(self, step: int, micro: int = 0) -> list[tuple[int, np.ndarray]]:
+        """(volume index, patch start) of each sample of the micro-batch."""
         rng = np.random.default_rng([self.seed, step, self.slot(micro)])
-        images, labels, means, stds = [], [], [], []
+        pool = self.pool.members(self.seed, step, len(self.volumes)) if self.pool else None
+        out = []
         for _ in range(self.batch_size):
-            vol = self.volumes[rng.integers(len(self.volumes))]
-            start = self._start(vol, rng) - (np.asarray(self.crop) - self.patch) // 2
-            images.append(crop_padded(vol.image, start, self.crop, 0))
-            labels.append(crop_padded(vol.label, start, self.crop, IGNORE_LABEL))
+            index = int(rng.integers(len(self.volumes)) if pool is None else pool[rng.integers(len(pool))])
+            out.append((index, self._start(self.volumes[index], rng)))
+        return out
+
+    def batch(self, step: int, micro: int = 0) -> dict[str, np.ndarray]:
+        images, labels, means, stds = [], [], [], []
+        margin = (np.asarray(self.crop) - self.patch) // 2
+        for index, start in self.draws(step, micro):
+            vol = self.volumes[index]
+            image, label = vol.read(start - margin, self.crop)
+            images.append(image)
+            labels.append(label)
             means.append(vol.mean)
             stds.append(vol.std)
         return {

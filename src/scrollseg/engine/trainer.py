@@ -25,18 +25,17 @@ from .. import __version__, dist
 from ..checkpoint import RunDir, atomic_write_text
 from ..config import Config, dump_yaml
 from ..data.augment import augment_batch
-from ..data.cache import VolumeCache
+from ..data.cache import VolumeCache, cache_folder, prepare_cache
 from ..data.layout import list_volumes
 from ..data.loader import make_loader
-from ..data.sampler import PatchSampler
+from ..data.sampler import PatchSampler, volume_pool
 from ..data.split import split_volumes
 from ..errors import DataError, ScrollsegError
 from ..losses import segmentation_loss
 from ..models import build_model
 from ..precision import resolve_precision
-from ..progress import Progress
 from .budget import MEASURE_STEPS, steps_that_fit
-from .deadline import Clock, StopSignals
+from .deadline import Clock, StopSignals, checkpoint_estimate_s
 from .ema import WeightAverage
 from .log import MetricsLog, TrainConsole, say
 from .monitor import GpuMonitor
@@ -156,7 +155,8 @@ class Trainer:
         self.net = self._wrap(speed_up(self.model, self.speed), strategy)
         self.ema = WeightAverage(self.model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
         self.scorer = BackgroundScorer() if self.main and background_scoring(cfg, self.device) else None
-        self.clock = Clock(cfg.train.minutes, cfg.train.time_limit, cfg.train.checkpoint_minutes)
+        self.clock = Clock(cfg.train.minutes, cfg.train.time_limit, cfg.train.checkpoint_minutes,
+                           checkpoint_estimate_s(sum(p.numel() * p.element_size() for p in self.model.parameters())))
         self.stop_reason = ""
         self._validated_at = -1
 
@@ -253,8 +253,10 @@ class Trainer:
             yield to_memory_format(x, self.speed), y
 
     def _open_batches(self):
-        sampler = PatchSampler(self.train_volumes, self.cfg.data.patch_size, self.state.micro_batch, self.cfg.data.foreground_fraction,
-                               self.cfg.train.seed, self.info.rank, self.info.world, self.cfg.augment)
+        d = self.cfg.data
+        pool = volume_pool(d.volumes_in_memory, d.patches_per_volume, self.global_batch) if self.data_mode == "none" else None
+        sampler = PatchSampler(self.train_volumes, d.patch_size, self.state.micro_batch, d.foreground_fraction,
+                               self.cfg.train.seed, self.info.rank, self.info.world, self.cfg.augment, pool)
         return iter(make_loader(sampler, self.state.step, self.total_steps, self.state.accumulation, self.cfg.data.num_workers,
                                 self.device.type == "cuda"))
 
@@ -325,11 +327,12 @@ class Trainer:
         }
 
     def checkpoint(self) -> None:
+        started = time.monotonic()
         rngs = {str(rank): s for rank, s in enumerate(dist.all_gather_object(own_rng_state(), self.info))}  # every rank takes part
         if self.main:
             finished = self.state.step >= self.total_steps
             self.run_dir.save(self._checkpoint_dict(rngs), self.state.step, self.cfg.train.keep_last, final=finished or self.stop_reason == "minutes")
-        self.clock.checkpointed()
+        self.clock.checkpointed(time.monotonic() - started)
 
     def resume(self) -> None:
         ckpt = self.run_dir.load_newest_valid()
@@ -372,10 +375,14 @@ class Trainer:
         if self.main:  # what `scrollseg tune` needs to find the held-out volumes again
             self.run_dir.record_path.write_text(json.dumps({"data": str(Path(self.data_dir).resolve()),
                                                             "train_ids": [r.id for r in train_refs], "val_ids": [r.id for r in val_refs]}, indent=1))
-        cache = VolumeCache(self.cfg.data.cache_dir or self.run_dir.root / "cache", self.cfg.data.max_voxels)
-        if self.main:  # rank 0 decodes the TIFFs; the others wait and then memory-map the same files
-            for ref in Progress(refs, desc="cache", unit="vol", enabled=self.progress, leave=False):
-                cache.load(ref)
+        d = self.cfg.data
+        folder = cache_folder(d.cache_dir, self.run_dir.root)
+        choice = prepare_cache(refs, d.cache_mode, folder, d.max_voxels) if self.main else None
+        self.data_mode = dist.all_gather_object(choice and choice.mode, self.info)[0]  # rank 0 decides for all
+        cache = VolumeCache(folder, d.max_voxels, self.data_mode, d.volumes_in_memory)
+        say(f"data: {len(refs)} volumes, {choice and choice.describe()}", self.main)
+        if self.info.local_rank == 0:  # one builder per node (the cache may be node-local); the others wait, then open it
+            cache.build(refs, d.cache_workers, self.progress and self.main)
         dist.barrier(self.info)
         return [cache.load(r) for r in train_refs], [cache.load(r) for r in val_refs][: self.cfg.train.val_volumes or None]
 

@@ -19,7 +19,7 @@ from ..models import build_model
 from ..precision import resolve_precision
 from .postprocess import postprocess
 from .sliding_window import sliding_window
-from .tta import with_flip_tta
+from .tta import FLIP_SETS, with_flip_tta
 
 # (key, uint8 image, (mean, std) or None to compute them from the image)
 VolumeItem = tuple[object, np.ndarray, "tuple[float, float] | None"]
@@ -57,7 +57,7 @@ def probability_map(
         with precision.autocast():
             return torch.stack([torch.sigmoid(m(batch).float()) for m in models]).mean(0)
 
-    predictor = with_flip_tta(predict) if cfg.tta else predict
+    predictor = with_flip_tta(predict, FLIP_SETS[: cfg.tta_flips]) if cfg.tta and cfg.tta_flips > 1 else predict
     batch_size = cfg.tile_batch
     while True:
         try:

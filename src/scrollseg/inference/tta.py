@@ -6,7 +6,9 @@ from typing import Callable
 
 import torch
 
+# identity, the three single-axis flips, then pairs and all three: the first n form an n-flip TTA
 FLIP_SETS = [list(c) for r in range(4) for c in itertools.combinations((2, 3, 4), r)]
+TTA_LEVELS = (8, 4, 1)  # the flip counts a time limit steps down through
 
 
 def with_flip_tta(predict: Callable[[torch.Tensor], torch.Tensor], flips: list[list[int]] = FLIP_SETS) -> Callable[[torch.Tensor], torch.Tensor]:
