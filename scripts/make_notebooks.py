@@ -40,7 +40,7 @@ if PREVIOUS.is_dir() and not RUN.exists():
 print("resuming" if (RUN / "checkpoints").is_dir() else "starting", RUN)''',
     '''# DDP on every GPU, started by fork from this kernel. The data path (decoded cache, compressed cache or none)
 # is chosen by the free disk and printed; the preset stops 11h45m after this kernel started, with a checkpoint.
-result = scrollseg.train(PRESET, INPUT, RUN, devices=DEVICES, overrides=OVERRIDES)
+result = scrollseg.train(PRESET, INPUT, RUN, devices=DEVICES, strategy="ddp", overrides=OVERRIDES)
 print(result)''',
     '''# fp16 weights and config for the submission notebook; on Kaggle the cache is under /tmp, elsewhere drop RUN/cache.
 from scrollseg.export import export_weights

@@ -126,7 +126,7 @@ def test_dilation_equals_distance_transform(tolerance):
 def test_ball_dilation_equals_scipy(radius):
     from scipy import ndimage
 
-    from scrollseg.metrics.surface_dice import _ball, _dilate
+    from scrollseg.metrics.surface_dice import _ball, dilate_ball
 
     mask = np.random.default_rng(4).random((13, 9, 11)) < 0.05
-    assert np.array_equal(_dilate(mask, radius), ndimage.binary_dilation(mask, structure=_ball(radius)))
+    assert np.array_equal(dilate_ball(mask, radius), ndimage.binary_dilation(mask, structure=_ball(radius)))
