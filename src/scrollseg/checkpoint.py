@@ -12,6 +12,7 @@ before any of its code can run.
 """
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import re
@@ -26,7 +27,7 @@ from .errors import CheckpointError, ScrollsegError
 
 try:
     import fcntl
-except ImportError:  # Windows has no flock; runs there are not guarded against a second process
+except ImportError:  # Windows has no fcntl locks; runs there are not guarded against a second process
     fcntl = None
 
 STEP_FILE = re.compile(r"step-(\d+)\.pt$")
@@ -210,12 +211,13 @@ def resolve_checkpoint(path: Path | str) -> Path:
 class RunLock:
     """One training process group per run folder at a time.
 
-    An OS file lock (``flock``) on ``RUN/train.lock``, held for the life of the run: the
-    kernel releases it when the holder exits, however it exits, so a killed run never
-    leaves a stale lock. Processes forked while it is held share it (they inherit the
-    open file), so DDP workers started by the holder never wait for it. The file names
-    the holder's PID for the error the next process prints. Reading a run (predict,
-    score) does not take it.
+    A POSIX record lock (``lockf``) on ``RUN/train.lock``, held for the life of the run:
+    the kernel releases it when the holder exits, however it exits, so a killed run never
+    leaves a stale lock. Unlike ``flock`` it belongs to the process, not to the open file,
+    so the processes the holder forks (DataLoader and DDP workers) do not hold it and
+    cannot keep it after the holder is killed; they never ask for it either. The file
+    names the holder's PID for the error the next process prints. Reading a run
+    (predict, score) does not take it.
     """
 
     def __init__(self, root: Path | str):
@@ -231,8 +233,11 @@ class RunLock:
             raise ScrollsegError(f"{self.root}: cannot write the run folder ({exc.strerror}); choose a writable RUN path") from exc
         if fcntl is not None:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                    os.close(fd)
+                    raise ScrollsegError(f"{self.path}: cannot lock the run ({exc.strerror}); put RUN on a local disk") from exc
                 holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
                 os.close(fd)
                 raise ScrollsegError(
@@ -247,6 +252,6 @@ class RunLock:
     def __exit__(self, *exc) -> None:
         if self._fd is not None:
             if fcntl is not None:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)  # also for forked children still holding the file open
+                fcntl.lockf(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
