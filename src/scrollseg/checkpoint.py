@@ -220,12 +220,24 @@ class RunLock:
     (predict, score) does not take it.
     """
 
+    _held: set[str] = set()  # lock files this process holds: a POSIX lock never refuses its own process
+
     def __init__(self, root: Path | str):
         self.root = Path(root)
         self.path = self.root / "train.lock"
         self._fd: int | None = None
 
+    def _busy(self, holder: str) -> ScrollsegError:
+        return ScrollsegError(
+            f"{self.root}: this run is being trained by another process (PID {holder}); wait for it to end, "
+            f"stop it with `kill {holder}` (it checkpoints first), or give another RUN folder"
+        )
+
     def __enter__(self) -> "RunLock":
+        # checked before opening the file: closing any descriptor of it would drop this process's lock
+        key = str(self.path.resolve())
+        if key in RunLock._held:
+            raise self._busy(str(os.getpid()))
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -240,13 +252,11 @@ class RunLock:
                     raise ScrollsegError(f"{self.path}: cannot lock the run ({exc.strerror}); put RUN on a local disk") from exc
                 holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
                 os.close(fd)
-                raise ScrollsegError(
-                    f"{self.root}: this run is being trained by another process (PID {holder}); wait for it to end, "
-                    f"stop it with `kill {holder}` (it checkpoints first), or give another RUN folder"
-                ) from None
+                raise self._busy(holder) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
+        self._fd, self._key = fd, key
+        RunLock._held.add(key)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -255,3 +265,4 @@ class RunLock:
                 fcntl.lockf(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+            RunLock._held.discard(self._key)
