@@ -15,6 +15,7 @@ from scrollseg.engine.budget import SAFETY, steps_that_fit
 from scrollseg.engine.ema import WeightAverage
 from scrollseg.engine.schedule import learning_rate
 from scrollseg.engine.trainer import train
+from scrollseg.inference import tune as tune_module
 from scrollseg.inference.predict import probability_map
 
 from conftest import tiny_overrides
@@ -153,3 +154,21 @@ def test_tune_finds_settings_no_worse_and_predict_uses_them(small_dataset, tmp_p
     # the probabilities are cached and reused for the same checkpoint
     cached = sorted(p.name for p in (run / "tune").glob("*.npy"))
     assert cached and api.tune(run, workers=1, progress=False)["best"].scores == result["best"].scores
+
+
+def test_tune_keeps_a_change_only_when_it_gains_more_than_noise(monkeypatch):
+    # a fake metric: threshold 0.4 is better by 0.003 (noise on a few volumes), hole plugging by 0.02
+    def fake_score(job):
+        index, settings, _ = job
+        score = 0.5 + (0.003 if settings["threshold"] == 0.4 and not settings["hysteresis_low"] else 0.0)
+        score += 0.02 if "plug_holes" in settings["postprocess"] else 0.0
+        return index, {"leaderboard": score}, 0.0
+
+    monkeypatch.setattr(tune_module, "_score_setting", fake_score)
+    start = InferenceConfig(threshold=0.5, hysteresis_low=0.0, postprocess=["remove_dust"])
+    trials, chosen = tune_module.tune([], start, workers=1)
+    assert chosen.settings["threshold"] == 0.5 and "plug_holes" in chosen.settings["postprocess"]
+    assert chosen.scores["leaderboard"] == pytest.approx(0.52)
+    assert max(t.scores["leaderboard"] for t in trials) > chosen.scores["leaderboard"]  # the 0.523 trial was seen, not taken
+    _, greedy = tune_module.tune([], start, workers=1, min_gain=0.0)
+    assert greedy.settings["threshold"] == 0.4

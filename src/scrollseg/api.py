@@ -310,7 +310,7 @@ def tune(run: Path | str, data: Path | str | None = None, workers: int | None = 
     from .data.layout import list_volumes
     from .engine.log import say
     from .inference.predict import predict_probabilities
-    from .inference.tune import best_trial, save_tuned, tune as search
+    from .inference.tune import save_tuned, tune as search
 
     root = RunDir(run)
     if not root.record_path.is_file():
@@ -339,8 +339,7 @@ def tune(run: Path | str, data: Path | str | None = None, workers: int | None = 
     workers = workers or max(1, min(4, os.cpu_count() or 1))
     say(f"tuning on {len(refs)} held-out volumes of {data} with {workers} worker(s), checkpoint {checkpoint} (step {meta['step']})", progress)
     with Progress(total=None, desc="tune", unit="setting", enabled=progress) as bar:
-        trials = search(pairs, cfg.inference, workers, progress=lambda trial: bar.update(1))
-    best = best_trial(trials)
+        trials, best = search(pairs, cfg.inference, workers, progress=lambda trial: bar.update(1))
     start = trials[0]
     path = save_tuned(root.root, best, {"checkpoint": str(checkpoint), "step": meta["step"], "tta": meta["tta"]})
     return {"trials": trials, "best": best, "start": start, "path": path}
