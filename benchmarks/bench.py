@@ -8,7 +8,9 @@ measured in one run on the same machine.
              patch, batch and workers; each peer in its own process (benchmarks/peers/).
 2. train     samples/s of scrollseg's training step (engine.step, the preset's precision,
              compile and memory format) against the plain AMP step (autocast + GradScaler,
-             eager; fp32 on the CPU), same model, batch and patch.
+             eager; fp32 on the CPU), same model, batch and patch; and the cost of the
+             preset's augmentation per batch (``augment_batch`` on the training device)
+             against mirroring only, as a share of that step.
 3. inference voxels/s and peak memory of scrollseg's sliding window against MONAI's
              ``sliding_window_inference`` with the same model, tile, overlap and Gaussian
              blending; each side runs in a fresh process so peak RSS is its own.
@@ -56,6 +58,9 @@ PEER_SCRIPTS = Path(__file__).resolve().parent / "peers"
 SRC = Path(scrollseg.__file__).resolve().parents[1]  # the scrollseg a peer's process imports, this one
 sys.path.insert(0, str(PEER_SCRIPTS))
 from loader_common import time_batches  # noqa: E402  (the same clock on every side)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_augment import FLIPS, time_augment  # noqa: E402
 
 TILE = (64, 64, 64)
 OVERLAP = 0.5
@@ -225,8 +230,13 @@ def bench_train_step(preset: str, steps: int) -> dict:
     speed = resolve_speed(cfg.train, device)
     precision = resolve_precision(cfg.train.precision, device)
     tuned = _scrollseg_step_rate(model, batch, cfg.data.patch_size, precision, speed, device, steps)
+    edge = cfg.data.patch_size[0]
+    augment_ms = time_augment(batch, edge, steps, cfg.augment, device, repeats=2)
+    flips_ms = time_augment(batch, edge, steps, FLIPS, device, repeats=2)
+    step_ms = batch / tuned * 1e3
     return {"train_preset": preset, "train_plain_samples_per_s": plain, "train_tuned_samples_per_s": tuned,
-            "train_step_speedup": tuned / plain,
+            "train_step_speedup": tuned / plain, "augment_ms": augment_ms, "augment_flips_ms": flips_ms,
+            "augment_share_of_step": augment_ms / (augment_ms + step_ms),
             "train_tuned_options": {"precision": precision.name, "batch": batch, "compile": speed.compile, "channels_last": speed.channels_last}}
 
 
@@ -469,6 +479,8 @@ def format_report(r: dict) -> str:
         f"CPU time {_fmt(r.get('inference_cpu_time_speedup'), '.2f', 'x')}",
         f"{'memory':<10} {r['inference_peak_mib']:>10.0f} MiB  {_fmt(r['monai_peak_mib'], '>10.0f', ' MiB')} {_fmt(r['inference_peak_memory_ratio'], '>6.2f', 'x')}  peak with the model, ours / MONAI's",
         f"{'blending':<10} {r['blend_peak_mib_320']:>10.0f} MiB  {_fmt(r['monai_blend_peak_mib_320'], '>10.0f', ' MiB')} {_fmt(r['inference_blend_peak_memory_ratio'], '>6.2f', 'x')}  peak of blending alone, 320^3, ours / MONAI's",
+        f"{'augment':<10} {r['augment_ms']:>11.1f} ms  {r['augment_flips_ms']:>11.1f} ms {r['augment_ms'] / r['augment_flips_ms']:>6.2f}x  "
+        f"mirroring only; the preset's augmentation takes {r['augment_share_of_step']:.1%} of a step",
         *_score_lines(r),
         f"{'data wait':<10} {r['data_wait_fraction']:>10.1%}      of step time, tiny preset, 1 worker",
         *(f"note: {n}" for n in r["notes"]),

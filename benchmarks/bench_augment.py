@@ -26,7 +26,7 @@ import torch
 
 from scrollseg.config import AugmentConfig
 from scrollseg.data.augment import augment_batch, spatial_crop_size
-from scrollseg.data.sampler import crop_padded
+from scrollseg.data.volumes import ArrayVolume
 
 CASES = [(4, 32, 200), (4, 64, 40), (2, 128, 20)]  # batch, patch edge, timed steps
 FLIPS = AugmentConfig(rotation_prob=0, scale_prob=0, noise_prob=0, blur_prob=0, brightness_prob=0, contrast_prob=0, lowres_prob=0,
@@ -63,14 +63,14 @@ def time_augment(batch: int, edge: int, steps: int, cfg: AugmentConfig, device: 
 
 
 def time_crop(volume: np.ndarray, crop_edge: int, repeats: int = 5) -> float:
-    """Milliseconds to slice one image and one label crop from the volume's middle, as a sampler worker does (best of ``repeats``)."""
+    """Milliseconds to read one image and label crop from the volume's middle, as a sampler worker does (best of ``repeats``)."""
+    source = ArrayVolume.of("bench", volume, volume, 0.5, 0.2)
     start = np.array([s // 2 - crop_edge // 2 for s in volume.shape])
-    crop_padded(volume, start, (crop_edge,) * 3, 0)  # warm-up
+    source.read(start, (crop_edge,) * 3)  # warm-up
     best = math.inf
     for _ in range(repeats):
         t0 = time.perf_counter()
-        crop_padded(volume, start, (crop_edge,) * 3, 0)
-        crop_padded(volume, start, (crop_edge,) * 3, 2)
+        source.read(start, (crop_edge,) * 3)
         best = min(best, time.perf_counter() - t0)
     return best * 1e3
 

@@ -14,17 +14,25 @@ them into docs/quality.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from scrollseg import api
+from scrollseg.checkpoint import load_checkpoint
 from scrollseg.config import build_config
-from scrollseg.metrics.evaluate import score_predictions
+from scrollseg.data.io import read_volume
+from scrollseg.data.layout import list_volumes
+from scrollseg.inference.postprocess import postprocess
+from scrollseg.inference.predict import predict_probabilities
+from scrollseg.metrics.evaluate import MEAN_KEYS, score_predictions
+from scrollseg.metrics.leaderboard import score_volume
 
 # arm -> overrides of the tiny preset
 ARMS = {
@@ -46,29 +54,47 @@ def predict_zip(data: Path, run, out: Path, **kw) -> Path:
     return api.predict(run, data / "test_images", out, data / "test.csv", progress=False, **kw)
 
 
-def run_arm(data: Path, arm: str, steps: int, minutes: float, seed: int, work: Path, results: Path, threads: int) -> None:
+def test_scores(data: Path, run: Path, settings: dict[str, dict], tta: bool) -> dict[str, dict]:
+    """Mean test scores of each named post-processing setting, the model's probability maps
+    computed once per volume (the settings differ only after the probabilities)."""
+    device = torch.device("cpu")
+    models, cfg = api.load_predictor(run, device, {"tta": tta}, use_tuned=False)
+    refs = list_volumes(data, "test")
+    per_setting: dict[str, list] = {name: [] for name in settings}
+    items = ((ref, read_volume(ref.image), None) for ref in refs)
+    for ref, prob in predict_probabilities(models, items, cfg, device):
+        label = read_volume(ref.label)
+        for name, values in settings.items():
+            mask = postprocess(prob, dataclasses.replace(cfg.inference, **values))
+            per_setting[name].append(score_volume(label, mask))
+    return {name: {k: float(np.mean([getattr(s, k) for s in scores])) for k in MEAN_KEYS} for name, scores in per_setting.items()}
+
+
+def run_arm(data: Path, arm: str, steps: int, minutes: float, seed: int, work: Path, results: Path, threads: int, tta: bool) -> None:
     torch.set_num_threads(threads)
     run = work / f"{data.name}-{arm}-s{seed}-{steps or f'{minutes:g}min'}"
     overrides = ARMS[arm] + [f"train.seed={seed}", f"train.threads={threads}", f"train.steps={steps}"]
     if minutes:
         overrides.append(f"train.minutes={minutes}")
     t0 = time.perf_counter()
-    result = api.train("tiny", data, run, devices=1, overrides=overrides, progress=False)
+    final = run / "checkpoints" / "final.pt"
+    if final.is_file():  # trained before (a rerun after an interrupted evaluation): evaluate it again
+        steps_done = int(load_checkpoint(final)["step"])
+    else:
+        steps_done = api.train("tiny", data, run, devices=1, overrides=overrides, progress=False).step
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     tuned = api.tune(run, workers=threads, progress=False)
     tune_s = time.perf_counter() - t0
-    record = {"dataset": data.name, "arm": arm, "seed": seed, "steps": result.step, "train_s": train_s, "tune_s": tune_s,
+    record = {"dataset": data.name, "arm": arm, "seed": seed, "steps": steps_done, "train_s": train_s, "tune_s": tune_s,
               "tuned": tuned["best"].settings, "validation_tuned": tuned["best"].scores, "validation_as_trained": tuned["start"].scores}
-    record["test"] = {
-        "fixed_0.5": _score(data, run, run / "fixed.zip", use_tuned=False, overrides={**FIXED, "tta": False}),
-        "tuned": _score(data, run, run / "tuned.zip", overrides={"tta": False}),
-        "tuned_tta": _score(data, run, run / "tuned_tta.zip", overrides={"tta": True}),
-    }
+    chain = tuned["best"].settings["postprocess"]
+    settings = {"fixed_0.5": FIXED, "tuned": tuned["best"].settings}
     # one post-processing step left out of the tuned chain at a time
-    for step in tuned["best"].settings["postprocess"]:
-        chain = [s for s in tuned["best"].settings["postprocess"] if s != step]
-        record["test"][f"tuned_without_{step}"] = _score(data, run, run / "ablate.zip", overrides={"tta": False, "postprocess": chain})
+    settings.update({f"tuned_without_{step}": {**tuned["best"].settings, "postprocess": [s for s in chain if s != step]} for step in chain})
+    record["test"] = test_scores(data, run, settings, tta=False)
+    if tta:
+        record["test"].update(test_scores(data, run, {"tuned_tta": tuned["best"].settings}, tta=True))
     with open(results, "a") as fh:
         fh.write(json.dumps(record) + "\n")
     print(json.dumps({"arm": arm, "dataset": data.name, "seed": seed, **{k: round(v["leaderboard"], 4) for k, v in record["test"].items()}}))
@@ -119,6 +145,7 @@ def main() -> None:
     p.add_argument("--work", default="quality_runs")
     p.add_argument("--results", default="quality.jsonl")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--tta", action="store_true", help="also score the tuned settings with 8-flip TTA (8x the prediction time)")
     p = sub.add_parser("ensemble")
     p.add_argument("data")
     p.add_argument("runs", nargs="+")
@@ -133,7 +160,7 @@ def main() -> None:
     elif args.cmd == "run":
         if not args.steps and not args.minutes:
             parser.error("give --steps or --minutes")
-        run_arm(Path(args.data), args.arm, args.steps, args.minutes, args.seed, Path(args.work), Path(args.results), args.threads)
+        run_arm(Path(args.data), args.arm, args.steps, args.minutes, args.seed, Path(args.work), Path(args.results), args.threads, args.tta)
     elif args.cmd == "ensemble":
         ensemble(Path(args.data), args.runs, Path(args.results))
     else:

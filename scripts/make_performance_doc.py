@@ -113,7 +113,15 @@ def train_step(r: dict) -> str:
 `engine.step.optimizer_step` (the step the trainer runs) with the `{r['train_preset']}` preset's
 options ({o['precision']}, batch {o['batch']}, compile {'on' if o['compile'] else 'off'}, channels_last
 {'on' if o['channels_last'] else 'off'}) against the step any PyTorch user writes: autocast +
-GradScaler (fp32 on the CPU), eager, contiguous; same model and patch."""
+GradScaler (fp32 on the CPU), eager, contiguous; same model and patch.{augment_cost(r)}"""
+
+
+def augment_cost(r: dict) -> str:
+    if "augment_ms" not in r:
+        return ""
+    return (f"\n\nThe preset's augmentation (`augment_batch` on the training device) costs {r['augment_ms']:.1f} ms a batch, "
+            f"{r['augment_ms'] / r['augment_flips_ms']:.1f}x mirroring only ({r['augment_flips_ms']:.1f} ms): "
+            f"{r['augment_share_of_step']:.1%} of a training step with it.")
 
 
 def inference(r: dict) -> str:

@@ -118,6 +118,7 @@ def sample_results(**changes) -> dict:
         "loader_setup": {"preset": "default", "patch": [128, 128, 128], "batch": 2, "workers": 2, "batches_timed": 8,
                          "foreground_fraction": 0.33, "volumes": [[192, 192, 192]] * 2, "device": "cpu", "augment": {"flip": True}},
         "train_preset": "tiny", "train_plain_samples_per_s": 20.0, "train_tuned_samples_per_s": 25.0, "train_step_speedup": 1.25,
+        "augment_ms": 6.0, "augment_flips_ms": 0.5, "augment_share_of_step": 0.07,
         "train_tuned_options": {"precision": "fp32", "batch": 4, "compile": False, "channels_last": False},
         "inference_voxels_per_s": 4.3e5, "monai_voxels_per_s": None, "inference_speedup": None, "inference_peak_mib": 300.0,
         "monai_peak_mib": None, "inference_peak_memory_ratio": None, "inference_max_abs_difference": None,
@@ -137,6 +138,8 @@ def test_report_marks_skipped_comparisons_and_prints_notes(bench):
     assert "12.50 p/s" in loader and "n/a" in loader
     assert "note: nnU-Net: skipped, no peers venv" in text
     assert "official" not in text  # no typed-in baseline
+    augment = next(line for line in text.splitlines() if line.startswith("augment"))
+    assert "6.0 ms" in augment and "12.00x" in augment and "7.0% of a step" in augment
 
 
 def test_performance_doc_renders_the_sections_present(tmp_path):
@@ -154,6 +157,7 @@ def test_performance_doc_renders_the_sections_present(tmp_path):
     assert "| MONAI 1.6.1 | 6.25 |" in doc and "**2.00x**" in doc
     assert "| scrollseg | 12.50 |" in doc
     assert "25.00 samples/s" in doc and "**1.25x**" in doc
+    assert "6.0 ms a batch, 12.0x mirroring only (0.5 ms): 7.0% of a training step" in doc
     assert "1.2% of step time" in doc
     assert "2.00 s" in doc and "topology 1.00 s" in doc
     # inference against MONAI was skipped: its row says so instead of inventing a ratio
