@@ -16,7 +16,7 @@ def test_every_field_has_help_and_the_reference_is_current():
     assert script.undocumented() == []
     text = script.render()
     assert "| `optim.lr` | `float` | `0.01` | peak learning rate, reached after the warmup |" in text
-    assert "### `tiny`" in text and "- `model.features`: `[16, 32, 64]`" in text
+    assert "### `tiny`" in text and "- `model.features`: `[8, 16, 32, 64]`" in text
     assert (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8") == text, "run python scripts/make_config_reference.py"
 
 
