@@ -8,9 +8,9 @@ and ``{train,test}_{images,labels}/<id>.tif`` (uint8 LZW TIFF); labels are 0 bac
 2 unlabelled. Between 30% and 90% of each volume is unlabelled: untraced sheets with a
 margin around them, plus unlabelled regions.
 
-``alt``  another synthetic family (96-112 voxels a side): windings around an axis in any
-         array direction, from nearly flat stacks (axis far away) to strong curvature
-         (axis at the chunk's edge); wider pitch that varies from winding to winding;
+``alt``  another synthetic family (96-112 voxels a side): windings around a roughly vertical
+         axis, from nearly flat stacks (axis far away) to strong curvature (axis at the
+         chunk's edge); wider pitch that varies from winding to winding;
          sheets of varying brightness with little contrast to the background; pores;
          photon (Poisson) noise, streak and ring artefacts in the slices across the axis.
 ``real`` sheets with real Scroll 1 shapes: 96^3 chunks cut from the three 256^3 sheet
@@ -21,14 +21,18 @@ margin around them, plus unlabelled regions.
 
 In both, the papyrus texture carries the cue real papyrus has: the recto half of a sheet
 has fibres along the winding (perpendicular to the scroll axis), the verso half fibres
-along the scroll axis, rendered as anisotropic noise in the sheet's own coordinates.
+along the scroll axis, rendered as anisotropic noise in the sheet's own coordinates. As in
+the competition's chunks, the scroll axis is array axis 0 (z, tilted a little in ``alt``),
+so "horizontal" and "vertical" fibres mean the same in every chunk; ``--any-axis`` puts it
+along any array axis instead, which leaves recto and verso undecidable wherever the
+sheets are too flat to show where the axis lies.
 
 Difficulty, as on the competition's data: on 12 train + 4 test volumes (seeds 0, 1, 2) the
 test split scores 0.22-0.27 for an empty prediction and 0.44-0.52 for the intensity
 threshold tuned on the train split (alt 0.44, 0.52, 0.48; real 0.51, 0.50, 0.46): the
 threshold finds whole sheets, not their recto faces.
 
-Run: ``python benchmarks/quality_data.py {alt,real} OUT [--train N] [--test M] [--seed S] [--size D] [--baselines]``;
+Run: ``python benchmarks/quality_data.py {alt,real} OUT [--train N] [--test M] [--seed S] [--size D] [--any-axis] [--baselines]``;
 ``--baselines`` then prints the test score of an empty prediction and of a tuned threshold.
 """
 from __future__ import annotations
@@ -141,10 +145,11 @@ def alt_style(rng: np.random.Generator) -> AltStyle:
     )
 
 
-def _random_axis(rng: np.random.Generator) -> np.ndarray:
+def _scroll_axis(rng: np.random.Generator, any_axis: bool) -> np.ndarray:
+    """Along array axis 0 (z, as in the competition's chunks), tilted a little; ``any_axis``: along any array axis."""
     axis = np.zeros(3)
-    axis[rng.integers(3)] = 1.0
-    axis += rng.normal(0, 0.2, 3)
+    axis[rng.integers(3) if any_axis else 0] = 1.0
+    axis += rng.normal(0, 0.2 if any_axis else 0.1, 3)
     return axis / np.linalg.norm(axis)
 
 
@@ -176,12 +181,12 @@ def _slice_artefacts(shape, slice_axis: int, style: AltStyle, rng: np.random.Gen
     return out
 
 
-def alt_chunk(shape, style: AltStyle, rng: np.random.Generator) -> Chunk:
-    """One chunk of a scroll wound around an axis in any direction, at any distance from the chunk."""
+def alt_chunk(shape, style: AltStyle, rng: np.random.Generator, any_axis: bool = False) -> Chunk:
+    """One chunk of a scroll wound around a roughly vertical axis (``any_axis``: any direction), at any distance from the chunk."""
     shape = tuple(int(s) for s in shape)
     grid = np.stack(np.meshgrid(*(np.arange(s, dtype=np.float32) for s in shape), indexing="ij"))
     size = float(np.mean(shape))
-    axis = _random_axis(rng)
+    axis = _scroll_axis(rng, any_axis)
     away = _perpendicular(axis, rng)
     # log-uniform distance: the axis at the chunk's edge (strongly curved) to far away (nearly flat)
     distance = size * np.exp(rng.uniform(np.log(0.45), np.log(25.0)))
@@ -356,8 +361,12 @@ def sheet_faces(sheets: np.ndarray, towards: np.ndarray, depth: float = RECTO_DE
     return face, half
 
 
-def real_chunk(cube: SheetCube, rng: np.random.Generator, size: int = 96, margin: int = 4) -> Chunk:
-    """A ``size``^3 chunk of ``cube`` at a random offset, rendered as CT, randomly flipped and transposed.
+def real_chunk(cube: SheetCube, rng: np.random.Generator, size: int = 96, margin: int = 4, any_axis: bool = False) -> Chunk:
+    """A ``size``^3 chunk of ``cube`` at a random offset, rendered as CT, randomly flipped, with the scroll axis first.
+
+    As in the competition's chunks, the scroll axis (z) is array axis 0 and the slices
+    across it may come in either (y, x) order; ``any_axis`` transposes the chunk at random
+    instead, which leaves recto and verso undecidable where the sheets are flat.
 
     The recto face of each sheet is its face toward the scroll's centre, whose direction
     ``fit_towards_centre`` finds from the sheets' curvature: in all three cubes it points
@@ -419,7 +428,7 @@ def real_chunk(cube: SheetCube, rng: np.random.Generator, size: int = 96, margin
         if rng.random() < 0.5:
             volumes = [np.flip(v, ax) for v in volumes]
             towards[ax] = -towards[ax]
-    order = rng.permutation(3)
+    order = rng.permutation(3) if any_axis else np.concatenate([[2], rng.permutation(2)])  # the cubes are (x, y, z)
     volumes = [np.ascontiguousarray(v.transpose(order)) for v in volumes]
     return Chunk(volumes[0], volumes[1], volumes[2], towards[order])
 
@@ -441,7 +450,7 @@ def _write_split(out: Path, split: str, chunks: list[tuple[str, Chunk]]) -> None
         writer.writerows(rows)
 
 
-def write_alt(out: str | Path, n_train: int = 12, n_test: int = 4, seed: int = 0, size: tuple[int, int, int] | None = None) -> Path:
+def write_alt(out: str | Path, n_train: int = 12, n_test: int = 4, seed: int = 0, size: tuple[int, int, int] | None = None, any_axis: bool = False) -> Path:
     """Train chunks from two synthetic scrolls (``alt0``, ``alt1``), test chunks from a third (``alt2``)."""
     out, rng = Path(out), np.random.default_rng(seed)
     styles = [alt_style(rng) for _ in range(3)]
@@ -449,12 +458,14 @@ def write_alt(out: str | Path, n_train: int = 12, n_test: int = 4, seed: int = 0
     def shape():
         return tuple(size) if size else tuple(int(s) for s in rng.integers(96, 113, 3))
 
-    _write_split(out, "train", [(f"alt{i % 2}", alt_chunk(shape(), styles[i % 2], rng)) for i in range(n_train)])
-    _write_split(out, "test", [("alt2", alt_chunk(shape(), styles[2], rng)) for _ in range(n_test)])
+    _write_split(out, "train", [(f"alt{i % 2}", alt_chunk(shape(), styles[i % 2], rng, any_axis)) for i in range(n_train)])
+    _write_split(out, "test", [("alt2", alt_chunk(shape(), styles[2], rng, any_axis)) for _ in range(n_test)])
     return out
 
 
-def write_real(out: str | Path, n_train: int = 12, n_test: int = 4, seed: int = 0, size: int = 96, source: str | Path = SCROLL1_SHEETS, test_cube: str = TEST_CUBE) -> Path:
+def write_real(
+    out: str | Path, n_train: int = 12, n_test: int = 4, seed: int = 0, size: int = 96, source: str | Path = SCROLL1_SHEETS, test_cube: str = TEST_CUBE, any_axis: bool = False
+) -> Path:
     """Train chunks from the other cubes in turn, test chunks from ``test_cube``; ``scroll_id`` names the cube."""
     out, rng = Path(out), np.random.default_rng(seed)
     cubes = load_cubes(source)
@@ -462,8 +473,8 @@ def write_real(out: str | Path, n_train: int = 12, n_test: int = 4, seed: int = 
     if not test:
         raise DataError(f"{source}: no scroll1_sheets_{test_cube}.tif for the test chunks; name one of {[c.name for c in cubes]}")
     train = [c for c in cubes if c.name != test_cube]
-    _write_split(out, "train", [(f"scroll1_{train[i % len(train)].name}", real_chunk(train[i % len(train)], rng, size)) for i in range(n_train)])
-    _write_split(out, "test", [(f"scroll1_{test_cube}", real_chunk(test[0], rng, size)) for _ in range(n_test)])
+    _write_split(out, "train", [(f"scroll1_{train[i % len(train)].name}", real_chunk(train[i % len(train)], rng, size, any_axis=any_axis)) for i in range(n_train)])
+    _write_split(out, "test", [(f"scroll1_{test_cube}", real_chunk(test[0], rng, size, any_axis=any_axis)) for _ in range(n_test)])
     return out
 
 
@@ -494,12 +505,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--test", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=None, help="chunk edge in voxels (alt: 96-112 at random; real: 96)")
+    parser.add_argument("--any-axis", action="store_true", help="scroll axis along any array axis, not axis 0 (z): recto and verso become undecidable where sheets are flat")
     parser.add_argument("--baselines", action="store_true", help="then score an empty prediction and a tuned threshold on the test split")
     args = parser.parse_args(argv)
     if args.kind == "alt":
-        write_alt(args.out, args.train, args.test, args.seed, (args.size,) * 3 if args.size else None)
+        write_alt(args.out, args.train, args.test, args.seed, (args.size,) * 3 if args.size else None, args.any_axis)
     else:
-        write_real(args.out, args.train, args.test, args.seed, args.size or 96)
+        write_real(args.out, args.train, args.test, args.seed, args.size or 96, any_axis=args.any_axis)
     print(f"wrote {args.out}: {args.train} train + {args.test} test {args.kind} chunks")
     if args.baselines:
         scores = baseline_scores(args.out)

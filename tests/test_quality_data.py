@@ -108,6 +108,18 @@ def test_real_label_is_the_centre_side_face(cubes, seed):
     check_recto_face(quality_data.real_chunk(cubes[seed], rng, size=48), tolerance=0.005)
 
 
+def test_scroll_axis_is_array_axis_0_unless_any_axis(cubes):
+    # the centre direction lies across the scroll axis, so along axis 0 it is small
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        towards = quality_data.alt_chunk((32, 32, 32), quality_data.alt_style(rng), rng).towards_centre
+        assert np.abs(towards[0]).mean() < 0.3
+        towards = quality_data.real_chunk(cubes[seed], np.random.default_rng(seed), size=32).towards_centre
+        assert abs(towards[0]) < 0.45 and min(abs(towards[1]), abs(towards[2])) > 0.25
+    moved = [quality_data.real_chunk(cubes[0], np.random.default_rng(s), size=32, any_axis=True).towards_centre for s in range(12)]
+    assert any(abs(t[0]) > 0.4 for t in moved), "--any-axis never moved the scroll axis"
+
+
 def test_fitted_centre_direction_points_into_scroll1(cubes):
     # the cubes lie near x, y = 2000 of Scroll 1's ~8000-voxel-wide slices, stored (x, y, z):
     # its centre is toward increasing array axes 0 and 1, across the scroll axis (array axis 2)
