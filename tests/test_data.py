@@ -35,6 +35,23 @@ def test_recto_face_is_inside_the_sheet_toward_the_centre(small_dataset):
     assert image[label == 1].mean() > image[label == 0].mean() + 20
 
 
+def test_synthetic_fibres_are_horizontal_on_the_recto_half_and_vertical_on_the_verso_half():
+    from scrollseg.data.synth import papyrus_fibres
+
+    recto_half = np.zeros((40, 40, 40), bool)
+    recto_half[:, :, :20] = True
+    fibres = papyrus_fibres(recto_half, np.random.default_rng(0))
+
+    def correlation(part, axis):  # of neighbours 2 voxels apart along axis
+        a, b = np.moveaxis(part, axis, 0)[:-2], np.moveaxis(part, axis, 0)[2:]
+        return np.corrcoef(a.ravel(), b.ravel())[0, 1]
+
+    recto, verso = fibres[:, :, 3:17], fibres[:, :, 23:37]
+    assert correlation(recto, 1) > 0.5 > 0.2 > correlation(recto, 0)  # long along y (the winding), short along z
+    assert correlation(verso, 0) > 0.5 > 0.2 > correlation(verso, 1)  # long along z (the axis), short across it
+    assert 0.8 < recto.std() / verso.std() < 1.25
+
+
 def test_missing_files_are_skipped_with_one_warning(small_dataset, tmp_path):
     (tmp_path / "train_images").mkdir()
     (tmp_path / "train_labels").mkdir()

@@ -42,7 +42,7 @@ def test_short_training_run_loss_falls(small_dataset, tmp_path):
     ckpts = {p.name for p in (tmp_path / "run" / "checkpoints").iterdir()}
     assert {"last.pt", "final.pt", "best.pt"} <= ckpts
     ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "final.pt")
-    assert ckpt["config"]["model"]["features"] == [16, 32, 64] and ckpt["step"] == 80
+    assert ckpt["config"]["model"]["features"] == [8, 16, 32, 64] and ckpt["step"] == 80
     assert (tmp_path / "run" / "config.yaml").is_file()
 
 

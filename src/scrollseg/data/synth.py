@@ -5,7 +5,8 @@ around a tilted axis, warped by smooth random fields, with varying thickness and
 winding pitch, so neighbouring sheets sometimes touch. The label is the recto face
 (the ~2-voxel layer on the side toward the scroll's centre), traced only on some
 windings; all other voxels are 2 (unlabelled), as in the real annotations. The
-image has fibre texture, CT-like blur, a bias field, bright inclusions and noise.
+image has fibre texture (horizontal on a sheet's recto half, vertical on its verso half,
+as papyrus has), CT-like blur, a bias field, bright inclusions and noise.
 To find the recto face a model has to use the curvature and context, not the
 intensity alone: a threshold finds whole sheets, and merges touching ones.
 """
@@ -33,6 +34,16 @@ def smooth_field(shape, rng: np.random.Generator, scale: float, coarse: int = 6)
     zoom = [s / g for s, g in zip(shape, grid)]
     field = ndimage.zoom(noise, zoom, order=1, mode="nearest")[: shape[0], : shape[1], : shape[2]]
     return field / (np.abs(field).max() + 1e-6)
+
+
+def papyrus_fibres(recto_half: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Fibre texture (zero mean, the same spread everywhere) with the scroll axis along z:
+    horizontal fibres where ``recto_half``, vertical ones (along the axis) elsewhere."""
+    shape = recto_half.shape
+    horizontal = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), (0.6, 2.5, 2.5))
+    vertical = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), (2.5, 0.6, 0.6))
+    vertical *= horizontal.std() / vertical.std()
+    return np.where(recto_half, horizontal, vertical)
 
 
 def synth_chunk(shape, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -70,7 +81,7 @@ def synth_chunk(shape, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray
     label[annotated] = 0
     label[annotated & sheet & recto] = 1
 
-    fibres = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), (0.6, 2.5, 2.5))
+    fibres = papyrus_fibres(depth < thickness / 2, rng)
     density = np.where(sheet, 0.55 + 0.6 * fibres, 0.08).astype(np.float32)
     blobs = ndimage.gaussian_filter((rng.random(shape) < 2e-4).astype(np.float32), 1.5) * 40
     density += blobs
