@@ -49,7 +49,8 @@ def test_the_fp16_export_predicts_like_the_run(small_dataset, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "MiB, fp16 weights and config" in proc.stdout
     exported = load_checkpoint(tmp_path / "model.pt")
-    assert set(exported) == {"model", "config", "step", "version", "exported_from"} and exported["exported_from"] == "best.pt"
+    assert set(exported) == {"model", "config", "step", "version", "exported_from", "tuned"} and exported["exported_from"] == "best.pt"
+    assert exported["tuned"] is None and "no tuned post-processing" in proc.stdout
     assert all(t.dtype == torch.float16 for t in exported["model"].values() if t.is_floating_point())
     assert (tmp_path / "model.pt").stat().st_size < 0.5 * (RunDir(run).checkpoints / "best.pt").stat().st_size
 
@@ -72,3 +73,29 @@ def test_a_weight_average_is_what_is_exported(tmp_path):
     atomic_save({"model": weights, "ema": {"model": average}, "config": cfg.to_dict(), "step": 5}, tmp_path / "run.pt")
     exported = load_checkpoint(export_weights(tmp_path / "run.pt", tmp_path / "model.pt"))["model"]
     assert all(torch.equal(exported[k], average[k].half() if average[k].is_floating_point() else average[k]) for k in average)
+
+
+def test_the_export_carries_the_runs_tuned_post_processing(small_dataset, tmp_path):
+    import yaml
+
+    from scrollseg.api import predictor_config
+
+    run = tmp_path / "run"
+    train(small_dataset, run, build_config("tiny", tiny_overrides(**{"train.steps": 2})), progress=False)
+    tuned = {"threshold": 0.62, "hysteresis_low": 0.3, "min_component": 50, "postprocess": ["remove_dust", "plug_holes"]}
+    (run / "tuned.yaml").write_text(yaml.safe_dump({"inference": tuned, "scores": {"leaderboard": 0.6}}))
+
+    proc = subprocess.run([sys.executable, "-m", "scrollseg", "export", str(run), str(tmp_path / "model.pt")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "with the tuned post-processing: " in proc.stdout and "threshold=0.62" in proc.stdout
+    exported = load_checkpoint(tmp_path / "model.pt")
+    assert exported["tuned"] == tuned
+    # away from its run, the exported file predicts with the run's tuned settings
+    moved = tmp_path / "elsewhere" / "model.pt"
+    moved.parent.mkdir()
+    (tmp_path / "model.pt").rename(moved)
+    inference = predictor_config(moved).inference
+    assert (inference.threshold, inference.hysteresis_low, inference.min_component, list(inference.postprocess)) == (0.62, 0.3, 50, ["remove_dust", "plug_holes"])
+
+    plain = load_checkpoint(export_weights(run, tmp_path / "plain.pt", use_tuned=False))
+    assert plain["tuned"] is None and plain["config"]["inference"]["threshold"] != 0.62

@@ -1,3 +1,6 @@
+import os
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
@@ -73,6 +76,20 @@ def test_submission_is_all_or_nothing(tmp_path):
             w.add("a", mask, (4, 5, 7))
     assert out.read_bytes() == before, "the earlier submission is untouched"
     assert [p.name for p in tmp_path.iterdir()] == ["submission.zip"], "no temporary files left"
+
+
+def test_the_next_writer_removes_the_temporary_zip_of_a_killed_one(tmp_path):
+    out = tmp_path / "submission.zip"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = tmp_path / f".submission.zip.tmp{dead.pid}"
+    orphan.write_bytes(b"half a zip")
+    alive = tmp_path / f".submission.zip.tmp{os.getppid()}"  # a running process's: left alone
+    alive.write_bytes(b"being written")
+    mask = np.zeros((4, 5, 6), np.uint8)
+    with SubmissionWriter(out, {"a"}) as w:
+        w.add("a", mask, mask.shape)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, "submission.zip"])
 
 
 def test_hostile_zips_are_refused(tmp_path):

@@ -94,10 +94,14 @@ def cmd_tune(args) -> None:
 
 
 def cmd_export(args) -> None:
+    from .checkpoint import resolve_checkpoint
     from .export import export_weights
+    from .inference.tune import tuned_settings
 
-    out = export_weights(args.run, args.out)
-    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, fp16 weights and config)")
+    out = export_weights(args.run, args.out, use_tuned=args.tuned)
+    tuned = tuned_settings(resolve_checkpoint(args.run)) if args.tuned else None
+    carried = "with the tuned post-processing: " + ", ".join(f"{k}={v}" for k, v in tuned[0].items()) if tuned else "no tuned post-processing"
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, fp16 weights and config; {carried})")
 
 
 def cmd_plan(args) -> None:
@@ -231,6 +235,8 @@ def make_parser() -> argparse.ArgumentParser:
     p = command("export", "weights-only fp16 copy of a run's checkpoint, for predict")
     p.add_argument("run", help="run folder (best, final or last checkpoint) or .pt file")
     p.add_argument("out", help="the .pt file to write")
+    p.add_argument("--tuned", action=argparse.BooleanOptionalAction, default=True,
+                   help="fold the run's tuned.yaml (from scrollseg tune) into the exported config")
     p.set_defaults(func=cmd_export)
 
     p = command("plan", "disk, memory, steps per hour, sessions and submission time for a dataset on this machine")

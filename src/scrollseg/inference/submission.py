@@ -2,7 +2,9 @@
 
 Masks stream into a temporary zip beside the target. Only when every expected id
 is present with its image's shape is it renamed over ``out``; on any error the
-temporary file is removed and an earlier submission stays untouched.
+temporary file is removed and an earlier submission stays untouched. A process killed
+outright cannot remove its temporary file; the next writer to the same ``out`` removes
+those whose process is gone.
 """
 from __future__ import annotations
 
@@ -27,10 +29,19 @@ class SubmissionWriter:
     def __enter__(self) -> "SubmissionWriter":
         try:
             self.out.parent.mkdir(parents=True, exist_ok=True)
+            self._remove_orphans()
             self.zip = zipfile.ZipFile(self.tmp, "w", compression=zipfile.ZIP_STORED)
         except OSError as exc:
             raise ScrollsegError(f"{self.out}: cannot write here ({exc.strerror}); choose a writable --out") from exc
         return self
+
+    def _remove_orphans(self) -> None:
+        """Temporary files of earlier writers to ``out`` that were killed before cleaning up."""
+        prefix = f".{self.out.name}.tmp"
+        for path in self.out.parent.glob(f"{prefix}*"):
+            pid = path.name[len(prefix):]
+            if pid.isdigit() and not _process_alive(int(pid)):
+                path.unlink(missing_ok=True)
 
     def add(self, vid: str, mask: np.ndarray, image_shape: tuple) -> None:
         if vid not in self.expected:
@@ -56,3 +67,13 @@ class SubmissionWriter:
             raise ScrollsegError(f"{self.out}: cannot finish the submission ({exc.strerror}); free disk space and rerun") from exc
         finally:
             self.tmp.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
