@@ -42,7 +42,12 @@ print("resuming" if (RUN / "checkpoints").is_dir() else "starting", RUN)''',
 # is chosen by the free disk and printed; the preset stops 11h45m after this kernel started, with a checkpoint.
 result = scrollseg.train(PRESET, INPUT, RUN, devices=DEVICES, strategy="ddp", overrides=OVERRIDES)
 print(result)''',
-    '''# fp16 weights and config for the submission notebook; on Kaggle the cache is under /tmp, elsewhere drop RUN/cache.
+    '''# Once training has finished: threshold and post-processing chosen on the held-out volumes by the exact metric,
+# saved in RUN/tuned.yaml and carried by the export below. A session that ends here tunes again next time.
+if result.finished:
+    tuned = scrollseg.tune(RUN, INPUT)
+    print("tuned:", tuned["best"].settings, "leaderboard", round(tuned["best"].scores["leaderboard"], 4))''',
+    '''# fp16 weights and config (with the tuned post-processing) for the submission notebook; on Kaggle the cache is under /tmp, elsewhere drop RUN/cache.
 from scrollseg.export import export_weights
 shutil.rmtree(RUN / "cache", ignore_errors=True)
 model = export_weights(RUN, WORK / "model.pt")

@@ -45,7 +45,8 @@ def test_train_then_submit_notebooks(small_dataset, tmp_path, monkeypatch):
     assert "resuming" in outputs(nb)
     assert load_checkpoint(work / "run" / "checkpoints" / "final.pt")["step"] == 6
 
-    assert (work / "model.pt").is_file()  # the fp16 export the submission notebook reads
+    assert "tuned:" in outputs(nb) and (work / "run" / "tuned.yaml").is_file()
+    assert load_checkpoint(work / "model.pt")["tuned"]  # the fp16 export the submission notebook reads, tuned settings and all
     monkeypatch.setenv("SCROLLSEG_CHECKPOINT", str(work / "model.pt"))
     nb = execute("kaggle_submit.ipynb", tmp_path)
     assert (work / "submission.zip").is_file()

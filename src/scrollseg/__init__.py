@@ -1,12 +1,12 @@
 """scrollseg: 3D papyrus-surface segmentation for the Vesuvius Challenge Surface Detection task.
 
-The public API (``scrollseg.train``, ``scrollseg.predict``, ``scrollseg.score``) lives in
+The public API (``scrollseg.train``, ``scrollseg.tune``, ``scrollseg.predict``, ``scrollseg.score``) lives in
 ``scrollseg.api``; it is imported on first use so that ``import scrollseg`` stays light.
 """
 
 __version__ = "0.1.0"
 
-__all__ = ["train", "predict", "score"]
+__all__ = ["train", "tune", "predict", "score"]
 
 
 def __getattr__(name: str):
