@@ -126,11 +126,15 @@ def render(results: Path) -> str:
                 rows.append(f"| {dataset} | {arm} | {mode} | {len(scores)} | " + " | ".join(fmt([s[k] for s in scores]) for k in ("leaderboard", "topo", "surface_dice", "voi_score")) + " |")
     gaps = []
     for dataset in sorted({r["dataset"] for r in records}):
-        plain = [r["test"]["fixed_0.5"]["leaderboard"] for r in records if r["dataset"] == dataset and r["arm"] == "no_skeleton_recall"]
-        full = [r["test"].get("tuned_tta", r["test"]["tuned"])["leaderboard"] for r in records if r["dataset"] == dataset and r["arm"] == "recipe"]
-        if plain and full:
-            gaps.append(f"- {dataset}: full recipe (tuned, with TTA where run) {np.mean(full):.3f} vs plain Dice + BCE at a fixed 0.5 "
-                        f"{np.mean(plain):.3f}: {np.mean(full) - np.mean(plain):+.3f} (means over {len(full)} and {len(plain)} runs)")
+        def scores(arm, mode):
+            return [r["test"][mode]["leaderboard"] for r in records if r["dataset"] == dataset and r["arm"] == arm and mode in r["test"]]
+
+        plain = scores("no_skeleton_recall", "fixed_0.5")
+        for mode, what in (("tuned", "tuned"), ("tuned_tta", "tuned, 8-flip TTA")):
+            full = scores("recipe", mode)
+            if plain and full:
+                gaps.append(f"- {dataset}: full recipe ({what}) {np.mean(full):.3f} vs plain Dice + BCE at a fixed 0.5 "
+                            f"{np.mean(plain):.3f}: {np.mean(full) - np.mean(plain):+.3f} (means over {len(full)} and {len(plain)} runs)")
     return "\n".join(lines + rows + ([""] + gaps if gaps else []))
 
 
@@ -143,6 +147,7 @@ def main() -> None:
     p.add_argument("--train", type=int, default=16)
     p.add_argument("--test", type=int, default=6)
     p.add_argument("--seed", type=int, default=11)
+    p.add_argument("--any-axis", action="store_true", help="orient each chunk at random (see quality_data.py)")
     p = sub.add_parser("run")
     p.add_argument("data")
     p.add_argument("arm", choices=list(ARMS))
@@ -163,7 +168,7 @@ def main() -> None:
     if args.cmd == "data":
         here = Path(__file__).parent
         subprocess.run([sys.executable, str(here / "quality_data.py"), args.kind, str(Path(args.out) / args.kind), "--train", str(args.train),
-                        "--test", str(args.test), "--seed", str(args.seed)], check=True)
+                        "--test", str(args.test), "--seed", str(args.seed)] + (["--any-axis"] if args.any_axis else []), check=True)
     elif args.cmd == "run":
         if not args.steps and not args.minutes:
             parser.error("give --steps or --minutes")

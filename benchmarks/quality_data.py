@@ -27,10 +27,11 @@ so "horizontal" and "vertical" fibres mean the same in every chunk; ``--any-axis
 along any array axis instead, which leaves recto and verso undecidable wherever the
 sheets are too flat to show where the axis lies.
 
-Difficulty, as on the competition's data: on 12 train + 4 test volumes (seeds 0, 1, 2) the
-test split scores 0.22-0.27 for an empty prediction and 0.44-0.52 for the intensity
-threshold tuned on the train split (alt 0.44, 0.52, 0.48; real 0.51, 0.50, 0.46): the
-threshold finds whole sheets, not their recto faces.
+Difficulty, as on the competition's data: on 16 train + 6 test volumes (seed 11) the test
+split scores 0.212 (alt) and 0.283 (real) for an empty prediction and 0.494 and 0.453 for
+the intensity threshold tuned on the train split: the threshold finds whole sheets, not
+their recto faces. (With ``--any-axis``, 12 + 4 volumes, seeds 0-2: empty 0.22-0.27,
+threshold 0.44-0.52.)
 
 Run: ``python benchmarks/quality_data.py {alt,real} OUT [--train N] [--test M] [--seed S] [--size D] [--any-axis] [--baselines]``;
 ``--baselines`` then prints the test score of an empty prediction and of a tuned threshold.

@@ -36,22 +36,39 @@ TRAIN_CELLS = [
 # last.pt names the same file as the newest step file; the next checkpoint recreates it.
 PREVIOUS = Path(os.environ.get("SCROLLSEG_PREVIOUS_RUN", "/kaggle/input/scrollseg-run/run"))
 if PREVIOUS.is_dir() and not RUN.exists():
-    shutil.copytree(PREVIOUS, RUN, ignore=shutil.ignore_patterns("cache", "last.pt"))
+    shutil.copytree(PREVIOUS, RUN, ignore=shutil.ignore_patterns("cache", "tune", "last.pt"))
 print("resuming" if (RUN / "checkpoints").is_dir() else "starting", RUN)''',
     '''# DDP on every GPU, started by fork from this kernel. The data path (decoded cache, compressed cache or none)
 # is chosen by the free disk and printed; the preset stops 11h45m after this kernel started, with a checkpoint.
 result = scrollseg.train(PRESET, INPUT, RUN, devices=DEVICES, strategy="ddp", overrides=OVERRIDES)
 print(result)''',
-    '''# Once training has finished: threshold and post-processing chosen on the held-out volumes by the exact metric,
-# saved in RUN/tuned.yaml and carried by the export below. A session that ends here tunes again next time.
-if result.finished:
-    tuned = scrollseg.tune(RUN, INPUT)
-    print("tuned:", tuned["best"].settings, "leaderboard", round(tuned["best"].scores["leaderboard"], 4))''',
-    '''# fp16 weights and config (with the tuned post-processing) for the submission notebook; on Kaggle the cache is under /tmp, elsewhere drop RUN/cache.
+    '''# fp16 weights and config for the submission notebook; on Kaggle the cache is under /tmp, elsewhere drop RUN/cache.
 from scrollseg.export import export_weights
 shutil.rmtree(RUN / "cache", ignore_errors=True)
-model = export_weights(RUN, WORK / "model.pt")
+model = export_weights(RUN, WORK / "model.pt", say=print)
 print(model, round(model.stat().st_size / 2**20, 1), "MiB;", sorted(p.name for p in (RUN / "checkpoints").iterdir()))''',
+    '''# Once training has finished: threshold and post-processing chosen by the exact metric on up to TUNE_VOLUMES
+# held-out volumes, then model.pt again with them. Only when the session has TUNE_HOURS left (docs/kaggle.md);
+# otherwise model.pt stays untuned and the next session, with training done, goes straight here.
+import time, yaml
+from scrollseg.checkpoint import load_checkpoint, resolve_checkpoint
+from scrollseg.engine.deadline import session_start
+TUNE_VOLUMES = int(os.environ.get("SCROLLSEG_TUNE_VOLUMES", "32"))
+TUNE_HOURS = float(os.environ.get("SCROLLSEG_TUNE_HOURS", "3"))
+tuned_file = RUN / "tuned.yaml"
+tuned_step = (yaml.safe_load(tuned_file.read_text()) or {}).get("step") if tuned_file.is_file() else None
+hours_left = 12 - (time.time() - session_start()) / 3600
+if not result.finished:
+    print("not tuning: training is not finished")
+elif tuned_step == load_checkpoint(resolve_checkpoint(RUN))["step"]:
+    print("already tuned for step", tuned_step)
+elif hours_left < TUNE_HOURS:
+    print(f"not tuning: {hours_left:.1f} h left in this session, {TUNE_HOURS} h wanted; run the notebook again")
+else:
+    tuned = scrollseg.tune(RUN, INPUT, max_volumes=TUNE_VOLUMES)
+    shutil.rmtree(RUN / "tune", ignore_errors=True)  # cached probabilities, GBs the saved output need not keep
+    print("tuned:", tuned["best"].settings, "leaderboard", round(tuned["best"].scores["leaderboard"], 4))
+    model = export_weights(RUN, WORK / "model.pt", say=print)''',
 ]
 
 SUBMIT_CELLS = [
@@ -76,6 +93,8 @@ def notebook(cells: list[str]) -> nbformat.NotebookNode:
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.cells = [nbformat.v4.new_markdown_cell(cells[0])] + [nbformat.v4.new_code_cell(c) for c in cells[1:]]
+    for i, cell in enumerate(nb.cells):
+        cell.id = f"cell-{i}"  # fixed, so a regenerated notebook differs only where its cells do
     return nb
 
 

@@ -52,6 +52,17 @@ def test_synthetic_fibres_are_horizontal_on_the_recto_half_and_vertical_on_the_v
     assert 0.8 < recto.std() / verso.std() < 1.25
 
 
+def test_synthetic_chunks_put_recto_fibres_under_the_label_and_verso_fibres_behind_it(monkeypatch):
+    from scrollseg.data import synth
+
+    halves = []
+    monkeypatch.setattr(synth, "papyrus_fibres", lambda recto_half, rng: halves.append(recto_half) or np.zeros(recto_half.shape, np.float32))
+    _, label = synth.synth_chunk((40, 48, 48), np.random.default_rng(3))
+    recto_half = halves[0]
+    assert recto_half[label == 1].all()  # every labelled voxel has recto fibres
+    assert 0.05 < recto_half.mean() < 0.45  # about half of each sheet, the sheets under 0.6 of the volume
+
+
 def test_missing_files_are_skipped_with_one_warning(small_dataset, tmp_path):
     (tmp_path / "train_images").mkdir()
     (tmp_path / "train_labels").mkdir()

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 from scrollseg.checkpoint import RunDir, load_checkpoint
@@ -47,7 +48,7 @@ def test_the_fp16_export_predicts_like_the_run(small_dataset, tmp_path):
     train(small_dataset, run, build_config("tiny", tiny_overrides(**{"train.steps": 3})), progress=False)
     proc = subprocess.run([sys.executable, "-m", "scrollseg", "export", str(run), str(tmp_path / "model.pt")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert "MiB, fp16 weights and config" in proc.stdout
+    assert "MiB, fp16 weights" in proc.stdout
     exported = load_checkpoint(tmp_path / "model.pt")
     assert set(exported) == {"model", "config", "step", "version", "exported_from", "tuned"} and exported["exported_from"] == "best.pt"
     assert exported["tuned"] is None and "no tuned post-processing" in proc.stdout
@@ -75,7 +76,7 @@ def test_a_weight_average_is_what_is_exported(tmp_path):
     assert all(torch.equal(exported[k], average[k].half() if average[k].is_floating_point() else average[k]) for k in average)
 
 
-def test_the_export_carries_the_runs_tuned_post_processing(small_dataset, tmp_path):
+def test_the_export_carries_the_tuned_post_processing_of_its_step(small_dataset, tmp_path):
     import yaml
 
     from scrollseg.api import predictor_config
@@ -83,19 +84,30 @@ def test_the_export_carries_the_runs_tuned_post_processing(small_dataset, tmp_pa
     run = tmp_path / "run"
     train(small_dataset, run, build_config("tiny", tiny_overrides(**{"train.steps": 2})), progress=False)
     tuned = {"threshold": 0.62, "hysteresis_low": 0.3, "min_component": 50, "postprocess": ["remove_dust", "plug_holes"]}
-    (run / "tuned.yaml").write_text(yaml.safe_dump({"inference": tuned, "scores": {"leaderboard": 0.6}}))
+    (run / "tuned.yaml").write_text(yaml.safe_dump({"inference": tuned, "scores": {"leaderboard": 0.6}, "step": 2}))
 
-    proc = subprocess.run([sys.executable, "-m", "scrollseg", "export", str(run), str(tmp_path / "model.pt")], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    assert "with the tuned post-processing: " in proc.stdout and "threshold=0.62" in proc.stdout
+    def export(*extra):
+        proc = subprocess.run([sys.executable, "-m", "scrollseg", "export", *map(str, extra)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    assert "post-processing tuned in" in export(run, tmp_path / "model.pt") and "threshold=0.62" in export(run, tmp_path / "model.pt")
     exported = load_checkpoint(tmp_path / "model.pt")
-    assert exported["tuned"] == tuned
-    # away from its run, the exported file predicts with the run's tuned settings
+    assert exported["tuned"] == tuned and exported["config"]["inference"]["threshold"] != 0.62  # the config stays as trained
+
+    # away from its run, the exported file predicts with them, unless told not to; a re-export keeps them
     moved = tmp_path / "elsewhere" / "model.pt"
     moved.parent.mkdir()
     (tmp_path / "model.pt").rename(moved)
     inference = predictor_config(moved).inference
     assert (inference.threshold, inference.hysteresis_low, inference.min_component, list(inference.postprocess)) == (0.62, 0.3, 50, ["remove_dust", "plug_holes"])
+    assert predictor_config(moved, use_tuned=False).inference.threshold == exported["config"]["inference"]["threshold"]
+    assert "tuned before the export" in export(moved, tmp_path / "again.pt") and load_checkpoint(tmp_path / "again.pt")["tuned"] == tuned
 
-    plain = load_checkpoint(export_weights(run, tmp_path / "plain.pt", use_tuned=False))
-    assert plain["tuned"] is None and plain["config"]["inference"]["threshold"] != 0.62
+    assert "left out" in export(run, tmp_path / "plain.pt", "--no-tuned") and load_checkpoint(tmp_path / "plain.pt")["tuned"] is None
+
+    # settings tuned at another step belong to another model: neither exported nor used by predict
+    (run / "tuned.yaml").write_text(yaml.safe_dump({"inference": tuned, "step": 1}))
+    assert "was tuned at step 1" in export(run, tmp_path / "stale.pt") and load_checkpoint(tmp_path / "stale.pt")["tuned"] is None
+    with pytest.warns(UserWarning, match="tuned at step 1"):
+        assert predictor_config(run).inference.threshold != 0.62

@@ -1,4 +1,5 @@
 import os
+import socket
 import subprocess
 import sys
 import zipfile
@@ -82,14 +83,17 @@ def test_the_next_writer_removes_the_temporary_zip_of_a_killed_one(tmp_path):
     out = tmp_path / "submission.zip"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    orphan = tmp_path / f".submission.zip.tmp{dead.pid}"
+    host = socket.gethostname()
+    orphan = tmp_path / f".submission.zip.tmp.{host}.{dead.pid}"
     orphan.write_bytes(b"half a zip")
-    alive = tmp_path / f".submission.zip.tmp{os.getppid()}"  # a running process's: left alone
+    alive = tmp_path / f".submission.zip.tmp.{host}.{os.getppid()}"  # a running process's: left alone
     alive.write_bytes(b"being written")
+    elsewhere = tmp_path / f".submission.zip.tmp.another-host.{dead.pid}"  # another machine's, on a shared disk
+    elsewhere.write_bytes(b"being written there")
     mask = np.zeros((4, 5, 6), np.uint8)
     with SubmissionWriter(out, {"a"}) as w:
         w.add("a", mask, mask.shape)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, "submission.zip"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, elsewhere.name, "submission.zip"])
 
 
 def test_hostile_zips_are_refused(tmp_path):

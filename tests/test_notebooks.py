@@ -6,13 +6,25 @@ import sys
 from pathlib import Path
 
 import nbformat
+import yaml
 from nbclient import NotebookClient
 
-from scrollseg.checkpoint import load_checkpoint
+from scrollseg.checkpoint import load_checkpoint, resolve_checkpoint
 
 from conftest import tiny_overrides
 
 NOTEBOOKS = Path(__file__).parents[1] / "notebooks"
+
+
+def test_the_notebooks_are_those_the_script_writes():
+    import runpy
+
+    script = runpy.run_path(str(NOTEBOOKS.parent / "scripts" / "make_notebooks.py"))
+    for name, cells in (("kaggle_train.ipynb", script["TRAIN_CELLS"]), ("kaggle_submit.ipynb", script["SUBMIT_CELLS"])):
+        written = nbformat.read(NOTEBOOKS / name, as_version=4)
+        expected = script["notebook"](cells)
+        assert [(c.id, c.cell_type, c.source) for c in written.cells] == [(c.id, c.cell_type, c.source) for c in expected.cells], \
+            f"{name} is stale: run python scripts/make_notebooks.py"
 
 
 def execute(name: str, cwd: Path) -> nbformat.NotebookNode:
@@ -38,6 +50,7 @@ def test_train_then_submit_notebooks(small_dataset, tmp_path, monkeypatch):
     assert "TrainResult" in outputs(nb) and "finished=True" in outputs(nb)
     state = load_checkpoint(work / "run" / "checkpoints" / "final.pt")
     assert state["step"] == 4 and state["global_batch"] == 2 * 2  # 2 per device x 2 workers
+    assert "tuned:" in outputs(nb) and not (work / "run" / "tune").exists()
 
     # a second session with a larger budget resumes the saved run
     monkeypatch.setenv("SCROLLSEG_OVERRIDES", json.dumps(tiny_overrides(**{"train.steps": 6, "train.threads": 1})))
@@ -45,8 +58,10 @@ def test_train_then_submit_notebooks(small_dataset, tmp_path, monkeypatch):
     assert "resuming" in outputs(nb)
     assert load_checkpoint(work / "run" / "checkpoints" / "final.pt")["step"] == 6
 
-    assert "tuned:" in outputs(nb) and (work / "run" / "tuned.yaml").is_file()
-    assert load_checkpoint(work / "model.pt")["tuned"]  # the fp16 export the submission notebook reads, tuned settings and all
+    # tuned for the checkpoint predict reads (tuned again only when that changed), and the export carries it
+    tuned = yaml.safe_load((work / "run" / "tuned.yaml").read_text())
+    assert tuned["step"] == load_checkpoint(resolve_checkpoint(work / "run"))["step"]
+    assert load_checkpoint(work / "model.pt")["tuned"] == tuned["inference"]  # the fp16 export the submission notebook reads
     monkeypatch.setenv("SCROLLSEG_CHECKPOINT", str(work / "model.pt"))
     nb = execute("kaggle_submit.ipynb", tmp_path)
     assert (work / "submission.zip").is_file()

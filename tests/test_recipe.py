@@ -156,6 +156,13 @@ def test_tune_finds_settings_no_worse_and_predict_uses_them(small_dataset, tmp_p
     assert cached and api.tune(run, workers=1, progress=False)["best"].scores == result["best"].scores
 
 
+def test_tune_on_a_subset_takes_volumes_spread_over_the_ids():
+    ids = [f"{i:03d}" for i in range(10)]
+    assert tune_module.spread_subset(ids[::-1], 4, key=str) == ["000", "003", "006", "009"]
+    assert tune_module.spread_subset(ids, 1, key=str) == ["005"]
+    assert tune_module.spread_subset(ids, 20, key=str) == ids
+
+
 def test_tune_keeps_a_change_only_when_it_gains_more_than_noise(monkeypatch):
     # a fake metric: threshold 0.4 is better by 0.003 (noise on a few volumes), hole plugging by 0.02
     def fake_score(job):

@@ -133,23 +133,27 @@ def _as_list(checkpoints) -> list[Path]:
 
 
 def predictor_config(checkpoints, overrides: dict | None = None, use_tuned: bool = True, say=None) -> Config:
-    """The config to predict with, checked: the first checkpoint's, then its run's tuned
-    settings, then ``overrides``. ``say`` reports each checkpoint and the tuned settings."""
+    """The config to predict with, checked: the first checkpoint's, then the tuned settings
+    for it (its run's ``tuned.yaml``, or those an exported file carries), then
+    ``overrides``. ``say`` reports each checkpoint and where the tuned settings come from."""
     from .inference.tune import tuned_settings
 
-    cfg = None
+    first = None
     for checkpoint in _as_list(checkpoints):
         path = resolve_checkpoint(checkpoint)
         ckpt = load_checkpoint(path)
-        cfg = cfg or ckpt["config"]
+        first = first or (path, ckpt)
         if say:
             say(describe_checkpoint(path, ckpt))
+    cfg = first[1]["config"]
     settings: dict = {}
-    tuned = tuned_settings(_as_list(checkpoints)[0]) if use_tuned else None
-    if tuned:
-        settings, path = tuned
-        if say:
-            say(f"post-processing tuned in {path}: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
+    if use_tuned:
+        tuned, note = tuned_settings(*first)
+        settings = tuned or {}
+        if note and say:
+            say(note)
+        elif note and tuned is None:
+            warnings.warn(note, stacklevel=3)
     return from_dict(merge(cfg, {"inference": {**settings, **(overrides or {})}}))
 
 
@@ -296,9 +300,11 @@ def predict(
 
 
 def tune(run: Path | str, data: Path | str | None = None, workers: int | None = None, tta: bool | None = None,
-         progress: bool = True) -> dict:
+         progress: bool = True, max_volumes: int | None = None) -> dict:
     """Search threshold and post-processing on the run's held-out volumes with the exact
     metric; saves the best in ``RUN/tuned.yaml``, which ``predict`` then uses.
+    ``max_volumes`` bounds the time: that many held-out volumes, evenly spread over the
+    sorted ids.
 
     The probability maps (with the TTA ``predict`` uses, or ``tta``) are cached in
     ``RUN/tune/`` and reused while the checkpoint stays the same."""
@@ -310,7 +316,7 @@ def tune(run: Path | str, data: Path | str | None = None, workers: int | None = 
     from .data.layout import list_volumes
     from .engine.log import say
     from .inference.predict import predict_probabilities
-    from .inference.tune import save_tuned, tune as search
+    from .inference.tune import save_tuned, spread_subset, tune as search
 
     root = RunDir(run)
     if not root.record_path.is_file():
@@ -321,6 +327,11 @@ def tune(run: Path | str, data: Path | str | None = None, workers: int | None = 
     refs = [r for r in list_volumes(data, "train") if r.id in val_ids]
     if not refs:
         raise DataError(f"{root.root}: the run held out no volume of {data} (train with data.val_fraction > 0 or data.folds)")
+    if max_volumes is not None:
+        if max_volumes < 1:
+            raise ConfigError(f"--volumes {max_volumes}: tune on at least 1 volume")
+        refs = spread_subset(refs, max_volumes, key=lambda r: r.id)
+        val_ids = {r.id for r in refs}
     checkpoint = resolve_checkpoint(root.root)
     ckpt = load_checkpoint(checkpoint)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -80,7 +80,7 @@ def cmd_predict(args) -> None:
 def cmd_tune(args) -> None:
     from .api import tune
 
-    result = tune(args.run, args.data, args.workers, args.tta)
+    result = tune(args.run, args.data, args.workers, args.tta, max_volumes=args.volumes)
     trials = sorted(result["trials"], key=lambda t: -t.scores["leaderboard"])
     print(f"{'leaderboard':>11} {'topo':>6} {'sdice':>6} {'voi':>6} {'s':>5}  settings")
     for t in trials[: args.top] + ([result["start"]] if result["start"] not in trials[: args.top] else []):
@@ -94,14 +94,10 @@ def cmd_tune(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from .checkpoint import resolve_checkpoint
     from .export import export_weights
-    from .inference.tune import tuned_settings
 
-    out = export_weights(args.run, args.out, use_tuned=args.tuned)
-    tuned = tuned_settings(resolve_checkpoint(args.run)) if args.tuned else None
-    carried = "with the tuned post-processing: " + ", ".join(f"{k}={v}" for k, v in tuned[0].items()) if tuned else "no tuned post-processing"
-    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, fp16 weights and config; {carried})")
+    out = export_weights(args.run, args.out, use_tuned=args.tuned, say=print)
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, fp16 weights, config and tuned post-processing if any)")
 
 
 def cmd_plan(args) -> None:
@@ -229,6 +225,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset root (default: the one the run was trained on)")
     p.add_argument("--workers", type=int, help="scoring processes (default: up to 4, one per CPU core)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, help="flip TTA for the probabilities (default: as predict uses)")
+    p.add_argument("--volumes", type=int, help="tune on at most this many held-out volumes, spread over their ids (default: all)")
     p.add_argument("--top", type=int, default=10, help="rows of the table")
     p.set_defaults(func=cmd_tune)
 
@@ -236,7 +233,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder (best, final or last checkpoint) or .pt file")
     p.add_argument("out", help="the .pt file to write")
     p.add_argument("--tuned", action=argparse.BooleanOptionalAction, default=True,
-                   help="fold the run's tuned.yaml (from scrollseg tune) into the exported config")
+                   help="carry the post-processing scrollseg tune chose for this checkpoint (predict applies it unless --no-tuned)")
     p.set_defaults(func=cmd_export)
 
     p = command("plan", "disk, memory, steps per hour, sessions and submission time for a dataset on this machine")

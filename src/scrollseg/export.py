@@ -1,9 +1,10 @@
 """Weights-only fp16 export of a run, for prediction and for sharing.
 
 ``scrollseg export RUN OUT.pt`` keeps the model's floating-point tensors in fp16 (the
-weight average instead, when the run kept one) and the config the model is rebuilt from,
-with the post-processing ``scrollseg tune`` saved for the run folded into its inference
-section, so an offline notebook predicts with the tuned settings from this one file. No
+weight average instead, when the run kept one), the config the model is rebuilt from, and
+the post-processing ``scrollseg tune`` chose for this checkpoint (``tuned``, which
+``predict`` applies unless given ``--no-tuned``), so an offline notebook predicts with the
+tuned settings from this one file. No
 optimizer state, RNG states or history. The file is a normal checkpoint to ``predict``
 (loading casts the weights back to fp32) and about a sixth of a training checkpoint
 with SGD momentum or AdamW.
@@ -16,17 +17,16 @@ import torch
 
 from . import __version__
 from .checkpoint import atomic_save, load_checkpoint, resolve_checkpoint
-from .config import merge
 from .errors import CheckpointError
 from .inference.tune import tuned_settings
 
 FP16_MAX = float(torch.finfo(torch.float16).max)
 
 
-def export_weights(source: Path | str, out: Path | str, use_tuned: bool = True) -> Path:
+def export_weights(source: Path | str, out: Path | str, use_tuned: bool = True, say=None) -> Path:
     """Write the fp16 weights and config of ``source`` (a run folder's best, final or last
-    checkpoint, or a .pt file) to ``out``; the run's tuned post-processing goes into the
-    config unless ``use_tuned`` is false."""
+    checkpoint, or a .pt file) to ``out``, with its tuned post-processing unless
+    ``use_tuned`` is false; ``say`` gets a line on where those settings come from."""
     path = resolve_checkpoint(source)
     ckpt = load_checkpoint(path)
     weights = {}
@@ -37,10 +37,10 @@ def export_weights(source: Path | str, out: Path | str, use_tuned: bool = True) 
                 raise CheckpointError(f"{path}: weight {name} exceeds the fp16 range; this model cannot be exported in fp16")
             tensor = tensor.half()
         weights[name] = tensor
-    config, tuned = ckpt["config"], tuned_settings(path) if use_tuned else None
-    if tuned:
-        config = merge(config, {"inference": tuned[0]})
+    tuned, note = tuned_settings(path, ckpt) if use_tuned else (None, "tuned post-processing left out")
+    if say:
+        say(note or "no tuned post-processing (scrollseg tune RUN chooses it)")
     out = Path(out)
-    atomic_save({"model": weights, "config": config, "step": ckpt.get("step"), "version": __version__, "exported_from": path.name,
-                 "tuned": tuned[0] if tuned else None}, out)
+    atomic_save({"model": weights, "config": ckpt["config"], "step": ckpt.get("step"), "version": __version__, "exported_from": path.name,
+                 "tuned": tuned}, out)
     return out

@@ -7,8 +7,8 @@ winding pitch, so neighbouring sheets sometimes touch. The label is the recto fa
 windings; all other voxels are 2 (unlabelled), as in the real annotations. The
 image has fibre texture (horizontal on a sheet's recto half, vertical on its verso half,
 as papyrus has), CT-like blur, a bias field, bright inclusions and noise.
-To find the recto face a model has to use the curvature and context, not the
-intensity alone: a threshold finds whole sheets, and merges touching ones.
+To find the recto face a model has to use the fibre direction, the curvature and the
+context, not the intensity alone: a threshold finds whole sheets, and merges touching ones.
 """
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def synth_chunk(shape, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray
     label[annotated] = 0
     label[annotated & sheet & recto] = 1
 
-    fibres = papyrus_fibres(depth < thickness / 2, rng)
+    fibres = papyrus_fibres(depth < np.maximum(thickness / 2, 2.0), rng)  # the recto half holds at least the labelled layer
     density = np.where(sheet, 0.55 + 0.6 * fibres, 0.08).astype(np.float32)
     blobs = ndimage.gaussian_filter((rng.random(shape) < 2e-4).astype(np.float32), 1.5) * 40
     density += blobs

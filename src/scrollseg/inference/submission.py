@@ -3,12 +3,14 @@
 Masks stream into a temporary zip beside the target. Only when every expected id
 is present with its image's shape is it renamed over ``out``; on any error the
 temporary file is removed and an earlier submission stays untouched. A process killed
-outright cannot remove its temporary file; the next writer to the same ``out`` removes
-those whose process is gone.
+outright cannot remove its temporary file; the next writer to the same ``out`` on the
+same host removes those whose process is gone (the name holds host and PID, so writers on
+other machines sharing the folder are left alone).
 """
 from __future__ import annotations
 
 import os
+import socket
 import zipfile
 from pathlib import Path
 
@@ -23,7 +25,7 @@ class SubmissionWriter:
         self.out = Path(out)
         self.expected = set(expected_ids)
         self.written: set[str] = set()
-        self.tmp = self.out.with_name(f".{self.out.name}.tmp{os.getpid()}")
+        self.tmp = self.out.with_name(f"{self._tmp_prefix()}{os.getpid()}")
         self.zip: zipfile.ZipFile | None = None
 
     def __enter__(self) -> "SubmissionWriter":
@@ -35,13 +37,20 @@ class SubmissionWriter:
             raise ScrollsegError(f"{self.out}: cannot write here ({exc.strerror}); choose a writable --out") from exc
         return self
 
+    def _tmp_prefix(self) -> str:
+        return f".{self.out.name}.tmp.{socket.gethostname()}."
+
     def _remove_orphans(self) -> None:
-        """Temporary files of earlier writers to ``out`` that were killed before cleaning up."""
-        prefix = f".{self.out.name}.tmp"
-        for path in self.out.parent.glob(f"{prefix}*"):
-            pid = path.name[len(prefix):]
-            if pid.isdigit() and not _process_alive(int(pid)):
-                path.unlink(missing_ok=True)
+        """Temporary files of earlier writers to ``out`` on this host that were killed before
+        cleaning up. Best effort: what cannot be removed stays."""
+        prefix = self._tmp_prefix()
+        for path in self.out.parent.iterdir():
+            pid = path.name[len(prefix):] if path.name.startswith(prefix) else ""
+            if pid.isdigit() and len(pid) < 10 and not _process_alive(int(pid)):
+                try:
+                    path.unlink()
+                except OSError:
+                    pass
 
     def add(self, vid: str, mask: np.ndarray, image_shape: tuple) -> None:
         if vid not in self.expected:
@@ -71,9 +80,9 @@ class SubmissionWriter:
 
 def _process_alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # signal 0: nothing is sent; fails when there is no such process
     except ProcessLookupError:
         return False
-    except PermissionError:  # alive, another user's
-        return True
+    except PermissionError:  # another user's, alive
+        pass
     return True

@@ -107,6 +107,15 @@ def _key(settings: dict) -> str:
     return repr(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in settings.items()))
 
 
+def spread_subset(items: list, n: int, key) -> list:
+    """``n`` of ``items`` (all when fewer), evenly spaced in the order of ``key``: a subset
+    that spans the ids (and so, in the competition's numbering, the scrolls and regions)."""
+    ordered = sorted(items, key=key)
+    if n >= len(ordered):
+        return ordered
+    return [ordered[round(i * (len(ordered) - 1) / (n - 1))] for i in range(n)] if n > 1 else [ordered[len(ordered) // 2]]
+
+
 def save_tuned(run_root: Path, trial: Trial, meta: dict) -> Path:
     path = Path(run_root) / TUNED_FILE
     path.write_text(yaml.safe_dump({"inference": trial.settings, "scores": trial.scores, **meta}, sort_keys=False))
@@ -123,11 +132,26 @@ def run_root_of(checkpoint: Path | str) -> Path | None:
     return None
 
 
-def tuned_settings(checkpoint: Path | str) -> tuple[dict, Path] | None:
-    """The settings ``tune`` saved for the run a checkpoint belongs to, with their file."""
+def tuned_settings(checkpoint: Path | str, ckpt: dict) -> tuple[dict | None, str]:
+    """The post-processing ``tune`` chose for a checkpoint (``ckpt``, loaded from
+    ``checkpoint``), and a line saying where it comes from or why none is used.
+
+    The run's ``tuned.yaml`` counts only when it was tuned at the checkpoint's step: after
+    more training its settings belong to another model. An exported file carries its own."""
     root = run_root_of(checkpoint)
     path = root / TUNED_FILE if root else None
-    if path is None or not path.is_file():
-        return None
-    values = yaml.safe_load(path.read_text()) or {}
-    return {k: v for k, v in (values.get("inference") or {}).items() if k in TUNED_KEYS}, path
+    if path is not None and path.is_file():
+        values = yaml.safe_load(path.read_text()) or {}
+        settings = {k: v for k, v in (values.get("inference") or {}).items() if k in TUNED_KEYS}
+        step = values.get("step")
+        if step is not None and ckpt.get("step") is not None and int(step) != int(ckpt["step"]):
+            return None, (f"{path} was tuned at step {step} but {Path(checkpoint).name} is step {ckpt['step']}: "
+                          f"not used; run scrollseg tune {root} again")
+        return settings, f"post-processing tuned in {path}: " + _describe(settings)
+    if ckpt.get("tuned"):
+        return dict(ckpt["tuned"]), f"post-processing tuned before the export of {Path(checkpoint).name}: " + _describe(ckpt["tuned"])
+    return None, ""
+
+
+def _describe(settings: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in settings.items())
