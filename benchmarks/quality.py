@@ -38,6 +38,7 @@ from scrollseg.metrics.leaderboard import score_volume
 ARMS = {
     "recipe": [],
     "no_skeleton_recall": ["loss.skeleton_recall_weight=0"],
+    "wide_first_stages": ["model.features=[16,32,48,64]"],  # more channels where the fibre texture is resolved
     "flips_only": ["augment.rotation_prob=0", "augment.scale_prob=0", "augment.noise_prob=0", "augment.blur_prob=0",
                    "augment.brightness_prob=0", "augment.contrast_prob=0", "augment.lowres_prob=0", "augment.gamma_prob=0",
                    "augment.inverted_gamma_prob=0"],
