@@ -304,3 +304,9 @@ def test_score_prints_a_legend_under_its_table(small_dataset, capsys):
 def test_score_needs_at_least_one_worker(small_dataset, capsys):
     code, out, err = cli(capsys, "score", small_dataset / "test_labels", small_dataset / "test_labels", "--workers", "0")
     assert code == 2 and out == "" and one_error(err) == "error: --workers 0: give at least 1 process"
+
+
+def test_tune_needs_at_least_one_volume(trained_run, capsys):
+    code, out, err = cli(capsys, "tune", trained_run, "--volumes", "0")
+    assert code == 2 and one_error(err) == "error: --volumes 0: tune on at least 1 volume"
+    assert not (trained_run / "tuned.yaml").exists()
