@@ -50,18 +50,19 @@ print(model, round(model.stat().st_size / 2**20, 1), "MiB;", sorted(p.name for p
     '''# Once training has finished: threshold and post-processing chosen by the exact metric on up to TUNE_VOLUMES
 # held-out volumes, then model.pt again with them. Only when the session has TUNE_HOURS left (docs/kaggle.md);
 # otherwise model.pt stays untuned and the next session, with training done, goes straight here.
-import time, yaml
+import time
 from scrollseg.checkpoint import load_checkpoint, resolve_checkpoint
 from scrollseg.engine.deadline import session_start
+from scrollseg.inference.tune import tuned_settings
 TUNE_VOLUMES = int(os.environ.get("SCROLLSEG_TUNE_VOLUMES", "32"))
 TUNE_HOURS = float(os.environ.get("SCROLLSEG_TUNE_HOURS", "3"))
-tuned_file = RUN / "tuned.yaml"
-tuned_step = (yaml.safe_load(tuned_file.read_text()) or {}).get("step") if tuned_file.is_file() else None
+checkpoint = resolve_checkpoint(RUN)
+already_tuned, note = tuned_settings(checkpoint, load_checkpoint(checkpoint))
 hours_left = 12 - (time.time() - session_start()) / 3600
 if not result.finished:
     print("not tuning: training is not finished")
-elif tuned_step == load_checkpoint(resolve_checkpoint(RUN))["step"]:
-    print("already tuned for step", tuned_step)
+elif already_tuned:
+    print("already tuned:", note)
 elif hours_left < TUNE_HOURS:
     print(f"not tuning: {hours_left:.1f} h left in this session, {TUNE_HOURS} h wanted; run the notebook again")
 else:
