@@ -169,7 +169,7 @@ def main() -> None:
     if args.cmd == "data":
         here = Path(__file__).parent
         subprocess.run([sys.executable, str(here / "quality_data.py"), args.kind, str(Path(args.out) / args.kind), "--train", str(args.train),
-                        "--test", str(args.test), "--seed", str(args.seed)] + (["--any-axis"] if args.any_axis else []), check=True)
+                        "--test", str(args.test), "--seed", str(args.seed), "--baselines"] + (["--any-axis"] if args.any_axis else []), check=True)
     elif args.cmd == "run":
         if not args.steps and not args.minutes:
             parser.error("give --steps or --minutes")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from scrollseg.data.io import read_volume
+from scrollseg.metrics.leaderboard import score_volume
 
 _spec = importlib.util.spec_from_file_location("quality_data", Path(__file__).resolve().parents[1] / "benchmarks" / "quality_data.py")
 quality_data = importlib.util.module_from_spec(_spec)
@@ -85,8 +86,20 @@ def check_layout(root: Path, n_train: int, n_test: int) -> None:
 
 
 def test_alt_writes_the_competition_layout(tmp_path):
-    quality_data.write_alt(tmp_path, n_train=2, n_test=1, seed=1, size=(40, 44, 48))
+    test = quality_data.write_alt(tmp_path, n_train=2, n_test=1, seed=1, size=(40, 44, 48))
     check_layout(tmp_path, 2, 1)
+    assert np.array_equal(test[0].label, read_volume(tmp_path / "test_labels" / "9000.tif")), "the returned test chunk is not the written one"
+
+
+def test_face_blind_ceilings_lie_between_empty_and_exact():
+    rng = np.random.default_rng(3)
+    chunk = quality_data.alt_chunk((48, 48, 48), quality_data.alt_style(rng), rng)
+    empty = score_volume(chunk.label, np.zeros_like(chunk.label)).leaderboard
+    exact = score_volume(chunk.label, (chunk.label == 1).astype(np.uint8)).leaderboard
+    ceilings = quality_data.face_blind_ceilings([chunk])
+    assert exact == pytest.approx(1.0)
+    for name, value in ceilings.items():
+        assert empty + 0.1 < value < exact - 0.1, f"{name}: {value} (empty {empty})"
 
 
 def test_real_writes_the_competition_layout(tmp_path):
