@@ -4,8 +4,9 @@ The map is built from a synthetic chunk (``scrollseg.data.synth.synth_chunk``): 
 surfaces, blurred as a network's output is, scaled by a smooth confidence field that dips
 below the threshold in patches (holes in the sheets) and overlaid with smooth clutter that
 rises above it in places (fragments). Every step runs on the previous step's output, in
-the order of a full pipeline: hysteresis, remove_dust, plug_holes, close_sheets,
-fill_cavities; each is timed ``--repeats`` times and the median kept.
+the order of a full pipeline: the recto-face choice (on the probabilities and the chunk's
+image), hysteresis, remove_dust, plug_holes, close_sheets, fill_cavities; each is timed
+``--repeats`` times and the median kept.
 
 Run: ``taskset -c 0 python benchmarks/bench_postprocess.py [--size 320] [--repeats 3] [--score]``
 (the script pins itself to one core when started on more). ``--score`` also prints the
@@ -27,16 +28,17 @@ from scipy import ndimage  # noqa: E402
 from scrollseg.config import InferenceConfig  # noqa: E402
 from scrollseg.data.synth import smooth_field, synth_chunk  # noqa: E402
 from scrollseg.inference.postprocess import STEPS, foreground, postprocess  # noqa: E402
+from scrollseg.inference.recto import keep_recto_face  # noqa: E402
 
 
-def probability_map(size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(probability float32, label uint8) of one synthetic chunk of ``size``^3."""
+def probability_map(size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(probability float32, label uint8, image uint8) of one synthetic chunk of ``size``^3."""
     rng = np.random.default_rng(seed)
-    _, label = synth_chunk((size,) * 3, rng)
+    image, label = synth_chunk((size,) * 3, rng)
     surface = ndimage.gaussian_filter((label == 1).astype(np.float32), 1.0) * 2.2
     confidence = 0.75 + 0.5 * smooth_field(label.shape, rng, 10)
     clutter = 0.45 * smooth_field(label.shape, rng, 4) + 0.08 * rng.standard_normal(label.shape, dtype=np.float32)
-    return np.clip(surface * confidence + clutter, 0, 1).astype(np.float32), label
+    return np.clip(surface * confidence + clutter, 0, 1).astype(np.float32), label, image
 
 
 def timed(fn, repeats: int):
@@ -57,17 +59,20 @@ def main() -> None:
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) > 1:
         os.sched_setaffinity(0, {cpus[0]})
-    cfg = InferenceConfig(hysteresis_low=0.3, postprocess=list(STEPS))
+    cfg = InferenceConfig(hysteresis_low=0.3, postprocess=list(STEPS), recto_context=32.0)
 
-    postprocess(np.random.default_rng(0).random((24, 24, 24), dtype=np.float32), cfg)  # compile the kernels
-    prob, label = probability_map(args.size)
-    print(f"{args.size}^3 probability map, {cfg.threshold=}, {cfg.hysteresis_low=}, {cfg.min_component=}, "
+    warm = np.random.default_rng(0).random((24, 24, 24), dtype=np.float32)
+    postprocess(warm, cfg, (warm * 255).astype(np.uint8))  # compile the kernels
+    prob, label, image = probability_map(args.size)
+    print(f"{args.size}^3 probability map, {cfg.recto_context=}, {cfg.threshold=}, {cfg.hysteresis_low=}, {cfg.min_component=}, "
           f"{cfg.hole_max=}, {cfg.close_radius=}; CPU {sorted(os.sched_getaffinity(0))}, median of {args.repeats}")
 
     seconds, _ = timed(lambda: foreground(prob, cfg.threshold), args.repeats)
     print(f"{'(threshold only)':16s} {seconds:7.3f} s")
-    seconds, mask = timed(lambda: foreground(prob, cfg.threshold, cfg.hysteresis_low), args.repeats)
-    rows = [("hysteresis", seconds, mask)]
+    recto_seconds, recto_prob = timed(lambda: keep_recto_face(prob, image, cfg.recto_context), args.repeats)
+    rows = [("recto face", recto_seconds, recto_prob > cfg.threshold)]
+    seconds, mask = timed(lambda: foreground(recto_prob, cfg.threshold, cfg.hysteresis_low), args.repeats)
+    rows.append(("hysteresis", seconds, mask))
     for name in cfg.postprocess:
         seconds, mask = timed(lambda: STEPS[name](mask, cfg), args.repeats)
         rows.append((name, seconds, mask))
@@ -84,7 +89,7 @@ def main() -> None:
         print(line)
         previous = voxels
     print(f"{'total':16s} {sum(r[1] for r in rows):7.3f} s")
-    seconds, _ = timed(lambda: postprocess(prob, cfg), 1)
+    seconds, _ = timed(lambda: postprocess(prob, cfg, image), 1)
     print(f"{'postprocess()':16s} {seconds:7.3f} s (one call, all steps)")
 
 

@@ -4,8 +4,10 @@ Datasets come from ``benchmarks/quality_data.py`` (``alt``: a second synthetic f
 ``real``: chunks with real Scroll 1 sheet shapes). Each arm trains the tiny preset with
 some parts switched off, for the same time budget (``--minutes``) or number of steps on
 the same network (the parts that differ cost under 2% of a step), tunes it on its held-out
-train volumes, then predicts the test split in several ways. Every result is one JSON line
-in ``--results``; ``render`` prints the table of docs/quality.md from them.
+train volumes, then predicts the test split in several ways (fixed 0.5, tuned, tuned with
+each post-processing step or the recto-face choice left out, tuned with TTA). Every result
+is one JSON line in ``--results``; ``render`` prints the table of docs/quality.md from them,
+with the records ``benchmarks/prototype_unet.py`` appends (the 100-line U-Net yardstick).
 
     python benchmarks/quality.py data alt OUT --train 16 --test 6 --seed 11
     python benchmarks/quality.py run OUT/alt ARM --minutes 10 --seed 0 --threads 1 --results quality.jsonl [--tta]
@@ -43,7 +45,7 @@ ARMS = {
                    "augment.brightness_prob=0", "augment.contrast_prob=0", "augment.lowres_prob=0", "augment.gamma_prob=0",
                    "augment.inverted_gamma_prob=0"],
 }
-FIXED = {"threshold": 0.5, "hysteresis_low": 0.0, "postprocess": ["remove_dust"]}
+FIXED = {"threshold": 0.5, "hysteresis_low": 0.0, "postprocess": ["remove_dust"], "recto_context": 0.0}
 
 
 def _score(data: Path, run, out: Path, **kw) -> dict:
@@ -64,9 +66,9 @@ def test_scores(data: Path, run: Path, settings: dict[str, dict], tta: bool) -> 
     per_setting: dict[str, list] = {name: [] for name in settings}
     items = ((ref, read_volume(ref.image), None) for ref in refs)
     for ref, prob in predict_probabilities(models, items, cfg, device):
-        label = read_volume(ref.label)
+        label, image = read_volume(ref.label), read_volume(ref.image)
         for name, values in settings.items():
-            mask = postprocess(prob, dataclasses.replace(cfg.inference, **values))
+            mask = postprocess(prob, dataclasses.replace(cfg.inference, **values), image)
             per_setting[name].append(score_volume(label, mask))
     return {name: {k: float(np.mean([getattr(s, k) for s in scores])) for k in MEAN_KEYS} for name, scores in per_setting.items()}
 
@@ -91,8 +93,10 @@ def run_arm(data: Path, arm: str, steps: int, minutes: float, seed: int, work: P
               "tuned": tuned["best"].settings, "validation_tuned": tuned["best"].scores, "validation_as_trained": tuned["start"].scores}
     chain = tuned["best"].settings["postprocess"]
     settings = {"fixed_0.5": FIXED, "tuned": tuned["best"].settings}
-    # one post-processing step left out of the tuned chain at a time
+    # one post-processing step left out of the tuned chain at a time, and the recto-face choice
     settings.update({f"tuned_without_{step}": {**tuned["best"].settings, "postprocess": [s for s in chain if s != step]} for step in chain})
+    if tuned["best"].settings.get("recto_context"):
+        settings["tuned_without_recto_face"] = {**tuned["best"].settings, "recto_context": 0.0}
     record["test"] = test_scores(data, run, settings, tta=False)
     if tta:
         record["test"].update(test_scores(data, run, {"tuned_tta": tuned["best"].settings}, tta=True))
@@ -120,7 +124,7 @@ def render(results: Path) -> str:
 
     lines = ["| dataset | arm | prediction | runs | leaderboard | TopoScore | surface Dice | VOI score |", "|---|---|---|---|---|---|---|---|"]
     for dataset in sorted({r["dataset"] for r in records}):
-        for arm in [a for a in list(ARMS) + ["ensemble"] if any(r["arm"] == a and r["dataset"] == dataset for r in records)]:
+        for arm in [a for a in list(ARMS) + ["ensemble", "prototype_unet"] if any(r["arm"] == a and r["dataset"] == dataset for r in records)]:
             group = [r for r in records if r["dataset"] == dataset and r["arm"] == arm]
             for mode in dict.fromkeys(k for r in group for k in r["test"]):
                 scores = [r["test"][mode] for r in group if mode in r["test"]]

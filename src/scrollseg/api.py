@@ -346,7 +346,7 @@ def tune(run: Path | str, data: Path | str | None = None, workers: int | None = 
         for ref, prob in predict_probabilities(models, volumes, cfg, device):
             np.save(cache / f"{ref.id}.npy", prob.astype(np.float16))
         meta_path.write_text(json.dumps(meta))
-    pairs = [(cache / f"{r.id}.npy", r.label) for r in refs]
+    pairs = [(cache / f"{r.id}.npy", r.label, r.image) for r in refs]
     workers = workers or max(1, min(4, os.cpu_count() or 1))
     say(f"tuning on {len(refs)} held-out volumes of {data} with {workers} worker(s), checkpoint {checkpoint} (step {meta['step']})", progress)
     with Progress(total=None, desc="tune", unit="setting", enabled=progress) as bar:

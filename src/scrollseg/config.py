@@ -130,6 +130,7 @@ class InferenceConfig:
     postprocess: list[str] = field(default_factory=lambda: ["remove_dust"])  # steps after thresholding, in order: remove_dust, plug_holes, close_sheets, fill_cavities
     hole_max: int = 16  # plug_holes: largest hole filled, in voxels of one slice
     close_radius: list[int] = field(default_factory=lambda: [1, 1, 1])  # close_sheets: box radius (z, y, x)
+    recto_context: float = 0.0  # > 0: keep only the recto face of each sheet, the fibre cue pooled over this many voxels (inference.recto; the scroll axis along z)
 
 
 # the post-processing steps inference.postprocess may list (scrollseg.inference.postprocess.STEPS)
@@ -327,6 +328,7 @@ def validate(cfg: Config) -> None:
         f"inference.hysteresis_low must be 0 (off) or lie in (0, threshold={inf.threshold}), got {inf.hysteresis_low}",
     )
     need(inf.min_component >= 0, "inference.min_component must be >= 0")
+    need(inf.recto_context >= 0, f"inference.recto_context must be 0 (off) or a pooling width in voxels > 0, got {inf.recto_context}")
     need(inf.hole_max >= 0, "inference.hole_max must be >= 0")
     need(
         len(inf.close_radius) == 3 and min(inf.close_radius) >= 0,

@@ -50,7 +50,7 @@ def run_demo(out: Path, minutes: float = 10.0, steps: int | None = None, n_train
     untrained = _score_folder(
         data,
         out / "untrained_pred",
-        lambda img: to_mask(probability_map(untrained_model, img, cfg.inference, cfg.tile_size(), torch.device("cpu")), cfg.inference),
+        lambda img: to_mask(probability_map(untrained_model, img, cfg.inference, cfg.tile_size(), torch.device("cpu")), cfg.inference, img),
     )
 
     say(f"[4/6] training the tiny preset ({f'{steps} steps' if steps else f'as many steps as fit in {minutes:g} minutes'})")

@@ -7,7 +7,9 @@ step here treats the foreground as 6-connected, the background as 26-connected (
 slice), and adds voxels only under one rule: an added voxel belongs to one component and
 has no other component among its 26 neighbours, so two sheets are never merged, neither
 for TopoScore nor for the 26-connected VOI. Each step is a pure function of numpy arrays;
-``postprocess`` runs the steps an ``InferenceConfig`` lists, in its order.
+``postprocess`` runs the steps an ``InferenceConfig`` lists, in its order, after the
+threshold; before it, with ``recto_context`` > 0, it drops the verso side of each sheet
+(``recto.py``), which needs the image.
 
 The closing is hand-written: scipy's morphology closes the whole mask at once and bridges
 neighbouring sheets, and closing each component in its own bounding box costs about eight
@@ -25,6 +27,7 @@ from numba import njit
 
 from ..config import InferenceConfig
 from ..errors import ConfigError
+from .recto import keep_recto_face
 
 FOREGROUND_CONNECTIVITY = 6  # the metric's: topology.betti_numbers labels foreground 6-connected
 
@@ -409,11 +412,17 @@ def foreground(prob: np.ndarray, threshold: float, hysteresis_low: float = 0.0) 
     return prob > threshold
 
 
-def postprocess(prob: np.ndarray, cfg: InferenceConfig) -> np.ndarray:
-    """uint8 0/1 mask: ``prob`` thresholded as ``cfg`` says, then ``cfg.postprocess``'s steps in order."""
+def postprocess(prob: np.ndarray, cfg: InferenceConfig, image: np.ndarray | None = None) -> np.ndarray:
+    """uint8 0/1 mask: ``prob`` thresholded as ``cfg`` says, then ``cfg.postprocess``'s steps in order.
+    With ``cfg.recto_context`` > 0 the verso side of each sheet is dropped first, which needs
+    the ``image`` the map was predicted from (``recto.keep_recto_face``)."""
     unknown = [name for name in cfg.postprocess if name not in STEPS]
     if unknown:
         raise ConfigError(f"unknown inference.postprocess step(s) {unknown}; known: {', '.join(STEPS)}")
+    if cfg.recto_context > 0:
+        if image is None:
+            raise ConfigError("inference.recto_context > 0 needs the image beside the probability map")
+        prob = keep_recto_face(prob, image, cfg.recto_context)
     mask = foreground(prob, cfg.threshold, cfg.hysteresis_low)
     for name in cfg.postprocess:
         mask = STEPS[name](mask, cfg)

@@ -74,9 +74,9 @@ def probability_map(
     return prob[0].float().cpu().numpy()
 
 
-def to_mask(prob: np.ndarray, cfg: InferenceConfig) -> np.ndarray:
-    """The configured threshold and post-processing steps applied to a probability map."""
-    return postprocess(prob, cfg)
+def to_mask(prob: np.ndarray, cfg: InferenceConfig, image: np.ndarray | None = None) -> np.ndarray:
+    """The configured threshold and post-processing steps applied to a probability map of ``image``."""
+    return postprocess(prob, cfg, image)
 
 
 def predict_probabilities(model: torch.nn.Module | Sequence[torch.nn.Module], volumes: Iterable[VolumeItem], cfg: Config,
@@ -97,8 +97,15 @@ def predict_probabilities(model: torch.nn.Module | Sequence[torch.nn.Module], vo
 def predict_masks(model: torch.nn.Module | Sequence[torch.nn.Module], volumes: Iterable[VolumeItem], cfg: Config, device: torch.device,
                   progress: bool = False) -> Iterator[tuple[object, np.ndarray]]:
     """``(key, uint8 mask)`` for each volume: probability map, threshold, post-processing."""
-    for key, prob in predict_probabilities(model, volumes, cfg, device, progress):
-        yield key, to_mask(prob, cfg.inference)
+    current: dict[str, np.ndarray] = {}
+
+    def remembered():  # the image of the map being post-processed (predict_probabilities takes one volume at a time)
+        for key, image, stats in volumes:
+            current["image"] = image
+            yield key, image, stats
+
+    for key, prob in predict_probabilities(model, remembered(), cfg, device, progress):
+        yield key, to_mask(prob, cfg.inference, current["image"])
 
 
 def volume_items(images: Sequence[np.ndarray], stats: Sequence[tuple[float, float] | None] | None = None) -> list[VolumeItem]:

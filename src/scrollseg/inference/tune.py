@@ -30,12 +30,14 @@ from ..data.io import read_volume
 from ..metrics.evaluate import MEAN_KEYS
 from ..metrics.leaderboard import score_volume
 from .postprocess import postprocess
+from .recto import recto_side
 
 TUNED_FILE = "tuned.yaml"
-TUNED_KEYS = ("threshold", "hysteresis_low", "min_component", "postprocess", "close_radius", "hole_max")
+TUNED_KEYS = ("recto_context", "threshold", "hysteresis_low", "min_component", "postprocess", "close_radius", "hole_max")
 
 # axes searched in turn; threshold and hysteresis are one axis because they interact
 AXES: dict[str, list[dict]] = {
+    "recto_context": [{"recto_context": c} for c in (0.0, 32.0, 64.0)],
     "threshold": [{"threshold": t, "hysteresis_low": 0.0} for t in (0.3, 0.4, 0.5, 0.6, 0.7)]
     + [{"threshold": high, "hysteresis_low": low} for high, low in itertools.product((0.5, 0.6, 0.7, 0.8), (0.25, 0.35)) if low < high],
     "postprocess": [{"postprocess": p} for p in (["remove_dust"], ["remove_dust", "plug_holes"], ["remove_dust", "close_sheets"],
@@ -53,14 +55,31 @@ class Trial:
     seconds: float
 
 
+_RECTO_SIDES: dict[tuple[str, float], tuple[np.ndarray, tuple]] = {}  # per worker: (image, context) -> packed recto_side
+
+
+def _without_verso(prob: np.ndarray, image_path: str, context: float) -> np.ndarray:
+    """``keep_recto_face`` with the side mask computed once per image and context in this process."""
+    key = (image_path, context)
+    if key not in _RECTO_SIDES:
+        side = recto_side(read_volume(image_path), context)
+        _RECTO_SIDES[key] = (np.packbits(side), side.shape)
+    packed, shape = _RECTO_SIDES[key]
+    side = np.unpackbits(packed, count=int(np.prod(shape))).reshape(shape).astype(bool)
+    return np.where(side, prob, 0.0).astype(np.float32)
+
+
 def _score_setting(job) -> tuple[int, dict, float]:
-    index, settings, pairs = job
+    index, settings, volumes = job
     cfg = dataclasses.replace(InferenceConfig(), **settings)
     t0 = time.perf_counter()
     scores = []
-    for prob_path, label_path in pairs:
-        prob = np.load(prob_path, mmap_mode="r")
-        scores.append(score_volume(read_volume(label_path), postprocess(np.asarray(prob, dtype=np.float32), cfg)))
+    for prob_path, label_path, image_path in volumes:
+        prob = np.asarray(np.load(prob_path, mmap_mode="r"), dtype=np.float32)
+        if cfg.recto_context > 0:
+            prob = _without_verso(prob, image_path, cfg.recto_context)
+        step_cfg = dataclasses.replace(cfg, recto_context=0.0)  # applied above, from the cache
+        scores.append(score_volume(read_volume(label_path), postprocess(prob, step_cfg)))
     mean = {k: float(np.mean([getattr(s, k) for s in scores])) for k in MEAN_KEYS}
     return index, mean, time.perf_counter() - t0
 
@@ -68,13 +87,13 @@ def _score_setting(job) -> tuple[int, dict, float]:
 MIN_GAIN = 0.005
 
 
-def tune(pairs: list[tuple[Path, Path]], start: InferenceConfig, workers: int = 1, passes: int = 2, progress=None,
+def tune(volumes: list[tuple[Path, Path, Path]], start: InferenceConfig, workers: int = 1, passes: int = 2, progress=None,
          min_gain: float = MIN_GAIN) -> tuple[list[Trial], Trial]:
-    """Every trial of the search over (probability .npy, label .tif) pairs, the first being
-    ``start``'s own settings, and the chosen one."""
+    """Every trial of the search over (probability .npy, label .tif, image .tif) triples, the
+    first being ``start``'s own settings, and the chosen one."""
     best = {k: getattr(start, k) for k in TUNED_KEYS}
     seen: dict[str, Trial] = {}
-    pairs = [(str(p), str(lab)) for p, lab in pairs]
+    pairs = [(str(p), str(lab), str(img)) for p, lab, img in volumes]
     pool = ProcessPoolExecutor(workers) if workers > 1 else None
 
     def evaluate(candidates: list[dict]) -> None:

@@ -1,0 +1,69 @@
+"""Choosing the recto face from the fibre direction (inference/recto.py), on flat sheets built by hand."""
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from scrollseg.config import InferenceConfig
+from scrollseg.data.synth import papyrus_fibres
+from scrollseg.errors import ConfigError
+from scrollseg.inference.postprocess import postprocess
+from scrollseg.inference.recto import fibre_contrast, keep_recto_face, recto_side
+
+PITCH, THICKNESS = 12, 6
+
+
+def flat_sheets(seed: int = 0, shape=(48, 72, 48)):
+    """Sheets across array axis 1 (y), recto face at the low-y side: (image, depth from the recto face, sheet mask)."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(shape[1])[None, :, None]
+    depth = np.broadcast_to((y - 3) % PITCH, shape).astype(np.float32)
+    sheet = depth < THICKNESS
+    fibres = papyrus_fibres(depth < THICKNESS / 2, rng)
+    density = np.where(sheet, 0.55 + 0.6 * fibres, 0.08).astype(np.float32)
+    density = ndimage.gaussian_filter(density, 1.0) + rng.normal(0, 0.05, shape).astype(np.float32)
+    return np.clip(density * 200 + 20, 0, 255).astype(np.uint8), depth, sheet
+
+
+def test_fibre_contrast_is_higher_on_the_recto_half_than_on_the_verso_half():
+    image, depth, sheet = flat_sheets()
+    contrast = fibre_contrast(image)
+    inner = (slice(6, -6), slice(6, -6), slice(6, -6))
+    recto_half = (sheet & (depth < THICKNESS / 2))[inner]
+    verso_half = (sheet & (depth >= THICKNESS / 2))[inner]
+    recto, verso = contrast[inner][recto_half].mean(), contrast[inner][verso_half].mean()
+    # a common offset cancels in the pooling (the halves' outward directions are opposite); the difference carries the cue
+    assert recto > 0 > verso and recto - verso > 0.1
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_recto_side_picks_the_face_whose_fibres_run_horizontally(flip):
+    image, depth, sheet = flat_sheets(seed=1)
+    recto_face, verso_face = sheet & (depth < 2), sheet & (depth >= THICKNESS - 2)
+    if flip:  # the centre now lies toward high y: the choice must follow the fibres, not a fixed side
+        image, recto_face, verso_face = image[:, ::-1], recto_face[:, ::-1], verso_face[:, ::-1]
+    side = recto_side(np.ascontiguousarray(image), context=24.0)
+    assert side[recto_face].mean() > 0.9
+    assert side[verso_face].mean() < 0.1
+
+
+def test_keep_recto_face_zeroes_the_verso_face_only():
+    image, depth, sheet = flat_sheets(seed=2)
+    both_faces = (sheet & ((depth < 2) | (depth >= THICKNESS - 2))).astype(np.float32) * 0.9
+    kept = keep_recto_face(both_faces, image, context=24.0)
+    assert kept.dtype == np.float32
+    recto_face, verso_face = sheet & (depth < 2), sheet & (depth >= THICKNESS - 2)
+    assert (kept[recto_face] == 0.9).mean() > 0.9 and (kept[verso_face] == 0).mean() > 0.9
+    with pytest.raises(ValueError, match="shape"):
+        keep_recto_face(both_faces, image[:-1], context=24.0)
+
+
+def test_postprocess_applies_the_recto_choice_and_needs_the_image():
+    image, depth, sheet = flat_sheets(seed=3)
+    both_faces = (sheet & ((depth < 2) | (depth >= THICKNESS - 2))).astype(np.float32) * 0.9
+    cfg = InferenceConfig(threshold=0.5, postprocess=[], recto_context=24.0)
+    mask = postprocess(both_faces, cfg, image)
+    assert mask[sheet & (depth < 2)].mean() > 0.9 and mask[sheet & (depth >= THICKNESS - 2)].mean() < 0.1
+    with pytest.raises(ConfigError, match="image"):
+        postprocess(both_faces, cfg)
+    # off by default: both faces stay
+    assert postprocess(both_faces, InferenceConfig(threshold=0.5, postprocess=[])).sum() == (both_faces > 0.5).sum()
