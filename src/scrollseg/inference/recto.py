@@ -38,6 +38,7 @@ ENERGY_SCALE = 2.0  # voxels: the window the two gradient energies are summed ov
 SHEET_SCALE = 1.5  # voxels: smoothing for the outward direction
 PAPYRUS_QUANTILE = 60  # voxels brighter than this percentile of the smoothed image count as papyrus
 POOL_FACTOR = 4  # the pooling's resolution divisor
+TRUNCATE = 3.0  # Gaussian kernels cut at 3 sigma (scipy: 4), a quarter less work for no visible change
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -48,18 +49,18 @@ def fibre_contrast(image: np.ndarray) -> np.ndarray:
     """float32 in [-1, 1]: higher where the texture runs across z within the sheet's plane (recto) than along it (verso)."""
     intensity = image.astype(np.float32)
     intensity = (intensity - intensity.mean()) / (intensity.std() + 1e-6)
-    smooth = ndimage.gaussian_filter(intensity, TEXTURE_SCALE)
+    smooth = ndimage.gaussian_filter(intensity, TEXTURE_SCALE, truncate=TRUNCATE)
     nz, ny, nx = _unit(np.stack(np.gradient(smooth)))  # the sheet's normal
-    tz, ty, tx = np.gradient(ndimage.gaussian_filter(intensity - smooth, GRADIENT_SCALE))  # the texture's gradient
+    tz, ty, tx = np.gradient(ndimage.gaussian_filter(intensity - smooth, GRADIENT_SCALE, truncate=TRUNCATE))  # the texture's gradient
     del intensity, smooth
     # the gradient along z-within-the-plane (e_z - nz n) and along the plane's horizontal (n x e_z = (0, nx, -ny)),
     # both directions of length sqrt(1 - nz^2)
     in_plane = 1.0 - nz * nz + 1e-6
     along_z = tz - nz * (tz * nz + ty * ny + tx * nx)
-    energy_z = ndimage.gaussian_filter(along_z * along_z / in_plane, ENERGY_SCALE)
+    energy_z = ndimage.gaussian_filter(along_z * along_z / in_plane, ENERGY_SCALE, truncate=TRUNCATE)
     del along_z
     horizontal = ty * nx - tx * ny
-    energy_h = ndimage.gaussian_filter(horizontal * horizontal / in_plane, ENERGY_SCALE)
+    energy_h = ndimage.gaussian_filter(horizontal * horizontal / in_plane, ENERGY_SCALE, truncate=TRUNCATE)
     return (energy_z - energy_h) / (energy_z + energy_h + 1e-6)
 
 
@@ -76,9 +77,9 @@ def _pool(field: np.ndarray, sigma: float) -> np.ndarray:
 
 def recto_side(image: np.ndarray, context: float) -> np.ndarray:
     """bool: the voxels on the recto side of their sheet, the fibre cue pooled over ``context`` voxels."""
-    smooth = ndimage.gaussian_filter(image.astype(np.float32), SHEET_SCALE)
+    smooth = ndimage.gaussian_filter(image.astype(np.float32), SHEET_SCALE, truncate=TRUNCATE)
     outward = -np.stack(np.gradient(smooth))
-    papyrus = smooth > np.percentile(smooth, PAPYRUS_QUANTILE)
+    papyrus = smooth > np.percentile(smooth[::2, ::2, ::2], PAPYRUS_QUANTILE)  # every 8th voxel: the same level, a tenth of the sort
     weight = np.where(papyrus, fibre_contrast(image), 0.0).astype(np.float32)
     del smooth, papyrus
     centre = np.stack([_pool(weight * o, context) for o in outward])
