@@ -64,11 +64,11 @@ def test_scores(data: Path, run: Path, settings: dict[str, dict], tta: bool) -> 
     models, cfg = api.load_predictor(run, device, {"tta": tta}, use_tuned=False)
     refs = list_volumes(data, "test")
     per_setting: dict[str, list] = {name: [] for name in settings}
-    items = ((ref, read_volume(ref.image), None) for ref in refs)
-    for ref, prob in predict_probabilities(models, items, cfg, device):
-        label, image = read_volume(ref.label), read_volume(ref.image)
+    images = {ref.id: read_volume(ref.image) for ref in refs}  # test volumes are small; the recto choice needs them again
+    for ref, prob in predict_probabilities(models, ((ref, images[ref.id], None) for ref in refs), cfg, device):
+        label = read_volume(ref.label)
         for name, values in settings.items():
-            mask = postprocess(prob, dataclasses.replace(cfg.inference, **values), image)
+            mask = postprocess(prob, dataclasses.replace(cfg.inference, **values), images[ref.id])
             per_setting[name].append(score_volume(label, mask))
     return {name: {k: float(np.mean([getattr(s, k) for s in scores])) for k in MEAN_KEYS} for name, scores in per_setting.items()}
 
@@ -141,12 +141,13 @@ def render(results: Path) -> str:
                 rows.append(f"| {dataset} | {label} | {mode} | {len(scores)} | " + " | ".join(fmt([s[k] for s in scores]) for k in ("leaderboard", "topo", "surface_dice", "voi_score")) + " |")
     gaps = []
     for dataset in sorted({r["dataset"] for r in records}):
-        def scores(label, mode):
-            return [r["test"][mode]["leaderboard"] for r in records if r["dataset"] == dataset and _arm_label(r).startswith(label) and mode in r["test"]]
+        def scores(keep, mode):
+            return [r["test"][mode]["leaderboard"] for r in records if r["dataset"] == dataset and keep(r) and mode in r["test"]]
 
-        plain = scores("no_skeleton_recall", "fixed_0.5")  # the fixed-0.5 prediction does not depend on the tune
+        # the fixed-0.5 prediction does not depend on the tune: every plain run counts
+        plain = scores(lambda r: r["arm"] == "no_skeleton_recall", "fixed_0.5")
         for mode, what in (("tuned", "tuned"), ("tuned_tta", "tuned, 8-flip TTA")):
-            full = [r["test"][mode]["leaderboard"] for r in records if r["dataset"] == dataset and _arm_label(r) == "recipe" and mode in r["test"]]
+            full = scores(lambda r: _arm_label(r) == "recipe", mode)
             if plain and full:
                 gaps.append(f"- {dataset}: full recipe ({what}) {np.mean(full):.3f} vs plain Dice + BCE at a fixed 0.5 "
                             f"{np.mean(plain):.3f}: {np.mean(full) - np.mean(plain):+.3f} (means over {len(full)} and {len(plain)} runs)")

@@ -13,17 +13,17 @@ chooses between them poorly; this step makes the choice for it:
 1. ``fibre_contrast``: per voxel, (E_z - E_h) / (E_z + E_h), the texture's gradient energy
    along z and along the sheet's horizontal direction, both within the sheet's plane
    (its normal from the smoothed image): > 0 on the recto half, < 0 on the verso half.
-2. ``centre_direction``: the papyrus voxels' outward directions (down the smoothed
-   intensity, away from the sheet's middle), weighted by their fibre contrast and pooled
-   with a Gaussian of ``context`` voxels: on the recto half the outward direction points
-   to the centre and the contrast is positive, on the verso half both flip, so every term
-   points to the centre.
-3. ``recto_side``: the voxels whose outward direction agrees with it; ``keep_recto_face``
-   zeroes the probability elsewhere, before the threshold.
+2. ``recto_side``: the papyrus voxels' outward directions (down the smoothed intensity,
+   away from the sheet's middle), weighted by their fibre contrast and pooled with a
+   Gaussian of ``context`` voxels, give the direction to the centre (on the recto half the
+   outward direction points to it and the contrast is positive, on the verso half both
+   flip, so every term points to it); the recto side is where the outward direction
+   agrees with it.
+3. ``keep_recto_face`` zeroes the probability elsewhere, before the threshold.
 
 Written by hand: no imaging library has a recto/verso cue. The pooling runs at a quarter of
-the resolution (its Gaussian is several voxels wide), so the step costs a handful of small
-Gaussian filters at full resolution. ``scrollseg tune`` switches it on only when it raises
+the resolution (its Gaussian is several voxels wide); the rest is five small Gaussian
+filters and the gradients at full resolution, about 10 s for a 320^3 chunk on one core. ``scrollseg tune`` switches it on only when it raises
 the held-out score (``inference.recto_context``), so data without the fibre cue, or with
 the scroll axis along another array axis, is left as it was.
 """
