@@ -10,7 +10,7 @@ from scrollseg.data.io import read_volume
 from scrollseg.data.synth import papyrus_fibres
 from scrollseg.errors import ConfigError
 from scrollseg.inference.postprocess import postprocess
-from scrollseg.inference.recto import fibre_contrast, keep_recto_face, recto_side
+from scrollseg.inference.recto import _gradient, _slab_gradient, fibre_contrast, keep_recto_face, recto_side
 
 PITCH, THICKNESS = 12, 6
 DATA = Path(__file__).parent / "data"
@@ -83,3 +83,18 @@ def test_fibre_contrast_tells_horizontal_from_vertical_fibres_in_real_ct():
     for order in ((1, 0, 2), (2, 1, 0)):
         turned, fibres_turned = fibre_contrast(np.ascontiguousarray(image.transpose(order))), fibres.transpose(order)
         assert turned[fibres_turned == 1].mean() < turned[fibres_turned == 2].mean(), order
+
+
+def test_fast_gradient_matches_numpy_and_a_slab_matches_the_whole():
+    volume = np.random.default_rng(4).random((9, 7, 6), dtype=np.float32)
+    whole = _gradient(volume)
+    np.testing.assert_allclose(whole, np.stack(np.gradient(volume)), atol=1e-6)
+    for start, stop in ((0, 2), (3, 7), (7, 9)):
+        np.testing.assert_array_equal(_slab_gradient(volume, start, stop), whole[:, start:stop])
+
+
+def test_recto_side_keeps_the_shape_of_a_volume_not_a_multiple_of_the_pooling():
+    image, depth, sheet = flat_sheets(seed=5, shape=(45, 71, 46))
+    side = recto_side(image, context=24.0)
+    assert side.shape == image.shape and fibre_contrast(image).shape == image.shape
+    assert side[sheet & (depth < 2)].mean() > 0.9 and side[sheet & (depth >= THICKNESS - 2)].mean() < 0.1
