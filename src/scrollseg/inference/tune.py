@@ -38,7 +38,7 @@ TUNED_KEYS = ("recto_context", "threshold", "hysteresis_low", "min_component", "
 # axes searched in turn; threshold and hysteresis are one axis because they interact
 AXES: dict[str, list[dict]] = {
     "recto_context": [{"recto_context": c} for c in (0.0, 32.0, 64.0)],
-    "threshold": [{"threshold": t, "hysteresis_low": 0.0} for t in (0.3, 0.4, 0.5, 0.6, 0.7)]
+    "threshold": [{"threshold": t, "hysteresis_low": 0.0} for t in (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)]
     + [{"threshold": high, "hysteresis_low": low} for high, low in itertools.product((0.5, 0.6, 0.7, 0.8), (0.25, 0.35)) if low < high],
     "postprocess": [{"postprocess": p} for p in (["remove_dust"], ["remove_dust", "plug_holes"], ["remove_dust", "close_sheets"],
                                                  ["remove_dust", "plug_holes", "close_sheets"], ["remove_dust", "plug_holes", "close_sheets", "fill_cavities"])],
