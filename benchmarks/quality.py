@@ -90,6 +90,7 @@ def run_arm(data: Path, arm: str, steps: int, minutes: float, seed: int, work: P
     tuned = api.tune(run, workers=threads, progress=False)
     tune_s = time.perf_counter() - t0
     record = {"dataset": data.name, "arm": arm, "seed": seed, "steps": steps_done, "train_s": train_s, "tune_s": tune_s,
+              "checkpoint": tuned["checkpoint"].name, "checkpoints": tuned["checkpoints"],
               "tuned": tuned["best"].settings, "validation_tuned": tuned["best"].scores, "validation_as_trained": tuned["start"].scores}
     chain = tuned["best"].settings["postprocess"]
     settings = {"fixed_0.5": FIXED, "tuned": tuned["best"].settings}

@@ -7,7 +7,7 @@ import torch
 import yaml
 
 from scrollseg import api
-from scrollseg.checkpoint import RunDir, load_checkpoint
+from scrollseg.checkpoint import RunDir, load_checkpoint, resolve_checkpoint
 from scrollseg.config import DataConfig, InferenceConfig, build_config
 from scrollseg.data.layout import VolumeRef
 from scrollseg.data.split import split_volumes
@@ -152,8 +152,34 @@ def test_tune_finds_settings_no_worse_and_predict_uses_them(small_dataset, tmp_p
     _, plain = api.load_predictor(run, torch.device("cpu"), use_tuned=False)
     assert plain.inference.postprocess == cfg.inference.postprocess
     # the probabilities are cached and reused for the same checkpoint
-    cached = sorted(p.name for p in (run / "tune").glob("*.npy"))
+    cached = sorted(p.name for p in (run / "tune").glob("*/*.npy"))
     assert cached and api.tune(run, workers=1, progress=False)["best"].scores == result["best"].scores
+
+
+def test_tune_chooses_between_best_and_final_and_predict_follows(small_dataset, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    train(small_dataset, run, build_config("tiny", tiny_overrides(**{"train.steps": 30, "optim.lr": 0.01})), progress=False)
+    monkeypatch.setattr("scrollseg.inference.tune.AXES", {"threshold": tune_module.AXES["threshold"][:3]})
+    folder = RunDir(run).checkpoints
+    final = load_checkpoint(folder / "final.pt")
+    # a best.pt from an earlier step whose network predicts the same constant everywhere: an empty or full mask
+    constant = {**final, "step": 3, "model": {k: torch.zeros_like(v) for k, v in final["model"].items()}}
+    torch.save(constant, folder / "best.pt")
+    assert resolve_checkpoint(run) == folder / "best.pt"  # before tuning: best.pt, as always
+    result = api.tune(run, workers=1, progress=False)
+    scores = {name: score for name, (_, score) in result["checkpoints"].items()}
+    assert set(scores) == {"best.pt", "final.pt"} and scores["final.pt"] > scores["best.pt"]
+    assert result["checkpoint"] == folder / "final.pt"
+    saved = yaml.safe_load((run / "tuned.yaml").read_text())
+    assert saved["checkpoint"] == "final.pt" and saved["step"] == final["step"]
+    assert sorted(p.name for p in (run / "tune").iterdir()) == ["best", "final"]  # one cache per checkpoint
+    # predict and export take the tuned checkpoint, with its settings
+    assert resolve_checkpoint(run) == folder / "final.pt"
+    _, used = api.load_predictor(run, torch.device("cpu"))
+    assert used.inference.threshold == saved["inference"]["threshold"]
+    # a tuned.yaml naming a file that is gone: back to best.pt
+    (folder / "final.pt").unlink()
+    assert resolve_checkpoint(run) == folder / "best.pt"
 
 
 def test_tune_on_a_subset_takes_volumes_spread_over_the_ids():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import shutil
 import sys
@@ -302,21 +303,15 @@ def predict(
 def tune(run: Path | str, data: Path | str | None = None, workers: int | None = None, tta: bool | None = None,
          progress: bool = True, max_volumes: int | None = None) -> dict:
     """Search threshold and post-processing on the run's held-out volumes with the exact
-    metric; saves the best in ``RUN/tuned.yaml``, which ``predict`` then uses.
-    ``max_volumes`` bounds the time: that many held-out volumes, evenly spread over the
-    sorted ids.
+    metric, for each of the run's candidate checkpoints (``best.pt``, chosen during training
+    at the trained settings, and ``final.pt``, when they differ); saves the best checkpoint
+    and settings in ``RUN/tuned.yaml``, which ``predict`` then uses. ``max_volumes`` bounds
+    the time: that many held-out volumes, evenly spread over the sorted ids.
 
     The probability maps (with the TTA ``predict`` uses, or ``tta``) are cached in
-    ``RUN/tune/`` and reused while the checkpoint stays the same."""
-    import json
-
-    import numpy as np
-
-    from .checkpoint import load_checkpoint
+    ``RUN/tune/<checkpoint>/`` and reused while that checkpoint stays the same."""
     from .data.layout import list_volumes
-    from .engine.log import say
-    from .inference.predict import predict_probabilities
-    from .inference.tune import save_tuned, spread_subset, tune as search
+    from .inference.tune import save_tuned, spread_subset
 
     root = RunDir(run)
     if not root.record_path.is_file():
@@ -331,13 +326,41 @@ def tune(run: Path | str, data: Path | str | None = None, workers: int | None = 
         if max_volumes < 1:
             raise ConfigError(f"--volumes {max_volumes}: tune on at least 1 volume")
         refs = spread_subset(refs, max_volumes, key=lambda r: r.id)
-        val_ids = {r.id for r in refs}
-    checkpoint = resolve_checkpoint(root.root)
-    ckpt = load_checkpoint(checkpoint)
+    workers = workers or max(1, min(4, os.cpu_count() or 1))
+    results = {}
+    for checkpoint, ckpt in _tune_candidates(root):
+        say(f"tuning on {len(refs)} held-out volumes of {data} with {workers} worker(s), checkpoint {checkpoint} (step {ckpt['step']})", progress)
+        results[checkpoint] = _tune_checkpoint(root, checkpoint, ckpt, refs, tta, workers, progress)
+    chosen = max(results, key=lambda c: results[c]["best"].scores["leaderboard"])  # the first (best.pt) on a tie
+    result = results[chosen]
+    path = save_tuned(root.root, result["best"], {"checkpoint": chosen.name, "step": result["step"], "tta": result["tta"]})
+    return {**result, "path": path, "checkpoint": chosen,
+            "checkpoints": {c.name: (r["step"], r["best"].scores["leaderboard"]) for c, r in results.items()}}
+
+
+def _tune_candidates(root: RunDir) -> list[tuple[Path, dict]]:
+    """(path, checkpoint) of best.pt and final.pt, one per step; last.pt when neither exists."""
+    found: dict[int, tuple[Path, dict]] = {}
+    for name in ("best.pt", "final.pt"):
+        path = root.checkpoints / name
+        if path.is_file():
+            ckpt = load_checkpoint(path)
+            found.setdefault(int(ckpt["step"]), (path, ckpt))
+    if not found:
+        path = resolve_checkpoint(root.root)
+        return [(path, load_checkpoint(path))]
+    return list(found.values())
+
+
+def _tune_checkpoint(root: RunDir, checkpoint: Path, ckpt: dict, refs, tta: bool | None, workers: int, progress: bool) -> dict:
+    """The search for one checkpoint, on its cached (or newly predicted) probability maps."""
+    from .inference.predict import predict_probabilities
+    from .inference.tune import tune as search
+
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     models, cfg = load_predictor(checkpoint, device, {"tta": tta} if tta is not None else None, use_tuned=False)
-    cache = root.root / "tune"
-    meta = {"checkpoint": str(checkpoint), "step": int(ckpt["step"]), "tta": bool(cfg.inference.tta), "ids": sorted(val_ids)}
+    cache = root.root / "tune" / checkpoint.stem
+    meta = {"checkpoint": checkpoint.name, "step": int(ckpt["step"]), "tta": bool(cfg.inference.tta), "ids": sorted(r.id for r in refs)}
     meta_path = cache / "probabilities.json"
     if not (meta_path.is_file() and json.loads(meta_path.read_text()) == meta):
         cache.mkdir(parents=True, exist_ok=True)
@@ -347,13 +370,9 @@ def tune(run: Path | str, data: Path | str | None = None, workers: int | None = 
             np.save(cache / f"{ref.id}.npy", prob.astype(np.float16))
         meta_path.write_text(json.dumps(meta))
     pairs = [(cache / f"{r.id}.npy", r.label, r.image) for r in refs]
-    workers = workers or max(1, min(4, os.cpu_count() or 1))
-    say(f"tuning on {len(refs)} held-out volumes of {data} with {workers} worker(s), checkpoint {checkpoint} (step {meta['step']})", progress)
-    with Progress(total=None, desc="tune", unit="setting", enabled=progress) as bar:
+    with Progress(total=None, desc=f"tune {checkpoint.name}", unit="setting", enabled=progress) as bar:
         trials, best = search(pairs, cfg.inference, workers, progress=lambda trial: bar.update(1))
-    start = trials[0]
-    path = save_tuned(root.root, best, {"checkpoint": str(checkpoint), "step": meta["step"], "tta": meta["tta"]})
-    return {"trials": trials, "best": best, "start": start, "path": path}
+    return {"trials": trials, "best": best, "start": trials[0], "step": meta["step"], "tta": meta["tta"]}
 
 
 def label_folder(labels: Path | str) -> Path:

@@ -22,6 +22,7 @@ import zipfile
 from pathlib import Path
 
 import torch
+import yaml
 
 from .errors import CheckpointError, ScrollsegError
 
@@ -128,6 +129,17 @@ class RunDir:
         self.config_path = self.root / "config.yaml"
         self.metrics_path = self.root / "metrics.jsonl"
         self.record_path = self.root / "run.json"  # the data folder and the split
+        self.tuned_path = self.root / "tuned.yaml"  # post-processing and checkpoint chosen by ``scrollseg tune``
+
+    def tuned_checkpoint(self) -> Path | None:
+        """The checkpoint ``scrollseg tune`` chose, when it names one of this run's files that exists."""
+        try:
+            values = yaml.safe_load(self.tuned_path.read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            return None  # absent or unreadable: predict reports the unreadable file when it reads the settings
+        name = values.get("checkpoint") if isinstance(values, dict) else None
+        path = self.checkpoints / Path(str(name)).name if name else None  # by name: the run folder may have moved
+        return path if path is not None and path.is_file() else None
 
     def step_files(self) -> list[tuple[int, Path]]:
         if not self.checkpoints.is_dir():
@@ -191,7 +203,7 @@ class RunDir:
 
 
 def resolve_checkpoint(path: Path | str) -> Path:
-    """A .pt file, or the best available checkpoint of a run folder (best, final, last)."""
+    """A .pt file, or a run folder's checkpoint: the one ``scrollseg tune`` chose, else best, final, last."""
     path = Path(path)
     if path.is_file():
         return path
@@ -202,6 +214,9 @@ def resolve_checkpoint(path: Path | str) -> Path:
             raise CheckpointError(f"{path}: checkpoint not found{found}; give an existing .pt file or the run folder")
         raise CheckpointError(f"{path}: no checkpoint found: no such run folder or .pt file; give a run folder or a .pt file")
     run = RunDir(path)
+    tuned = run.tuned_checkpoint()
+    if tuned is not None:
+        return tuned
     for name in ("best.pt", "final.pt", "last.pt"):
         if (run.checkpoints / name).is_file():
             return run.checkpoints / name

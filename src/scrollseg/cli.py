@@ -89,8 +89,10 @@ def cmd_tune(args) -> None:
         settings = ", ".join(f"{k}={v}" for k, v in t.settings.items())
         print(f"{sc['leaderboard']:11.4f} {sc['topo']:6.3f} {sc['surface_dice']:6.3f} {sc['voi_score']:6.3f} {t.seconds:5.1f}  {settings}{mark}")
     best, start = result["best"].scores["leaderboard"], result["start"].scores["leaderboard"]
-    print(f"best {best:.4f} (as trained {start:.4f}, {best - start:+.4f}) over {len(result['trials'])} settings; saved in {result['path']}; "
-          f"predict uses it unless given --no-tuned")
+    if len(result["checkpoints"]) > 1:
+        print("checkpoints: " + ", ".join(f"{name} (step {step}) {score:.4f}" for name, (step, score) in result["checkpoints"].items()))
+    print(f"best {best:.4f} with {result['checkpoint'].name} (as trained {start:.4f}, {best - start:+.4f}) over {len(result['trials'])} settings; "
+          f"saved in {result['path']}; predict uses that checkpoint, and these settings unless given --no-tuned")
 
 
 def cmd_export(args) -> None:
@@ -205,7 +207,8 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = command("predict", "predict the test volumes into a submission.zip")
     p.add_argument("checkpoint", nargs="+",
-                   help="run folder (its best.pt, else final.pt, else last.pt) or a .pt file; several: an ensemble averaging their probabilities")
+                   help="run folder (the checkpoint scrollseg tune chose, else best.pt, else final.pt, else last.pt) or a .pt file; "
+                        "several: an ensemble averaging their probabilities")
     p.add_argument("images", help="test_images folder or dataset root")
     p.add_argument("--out", default="submission.zip", help="the zip to write; written only when every volume is in it")
     p.add_argument("--ids", metavar="TEST_CSV", help="test.csv listing the ids that must be present (default: the root's test.csv, else every .tif)")
@@ -220,7 +223,7 @@ def make_parser() -> argparse.ArgumentParser:
                    help="use the settings `scrollseg tune` saved in the (first) run")
     p.set_defaults(func=cmd_predict)
 
-    p = command("tune", "choose threshold and post-processing on the run's held-out volumes by the exact metric")
+    p = command("tune", "choose the checkpoint (best.pt or final.pt), threshold and post-processing on the run's held-out volumes by the exact metric")
     p.add_argument("run", help="a trained run folder")
     p.add_argument("--data", help="dataset root (default: the one the run was trained on)")
     p.add_argument("--workers", type=int, help="scoring processes (default: up to 4, one per CPU core)")

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from ..checkpoint import RunDir, atomic_write_text
 from ..config import InferenceConfig
 from ..data.io import read_volume
 from ..metrics.evaluate import MEAN_KEYS
@@ -32,7 +33,6 @@ from ..metrics.leaderboard import score_volume
 from .postprocess import postprocess
 from .recto import recto_side
 
-TUNED_FILE = "tuned.yaml"
 TUNED_KEYS = ("recto_context", "threshold", "hysteresis_low", "min_component", "postprocess", "close_radius", "hole_max")
 
 # axes searched in turn; threshold and hysteresis are one axis because they interact
@@ -136,8 +136,8 @@ def spread_subset(items: list, n: int, key) -> list:
 
 
 def save_tuned(run_root: Path, trial: Trial, meta: dict) -> Path:
-    path = Path(run_root) / TUNED_FILE
-    path.write_text(yaml.safe_dump({"inference": trial.settings, "scores": trial.scores, **meta}, sort_keys=False))
+    path = RunDir(run_root).tuned_path
+    atomic_write_text(path, yaml.safe_dump({"inference": trial.settings, "scores": trial.scores, **meta}, sort_keys=False))
     return path
 
 
@@ -158,14 +158,15 @@ def tuned_settings(checkpoint: Path | str, ckpt: dict) -> tuple[dict | None, str
     The run's ``tuned.yaml`` counts only when it was tuned at the checkpoint's step: after
     more training its settings belong to another model. An exported file carries its own."""
     root = run_root_of(checkpoint)
-    path = root / TUNED_FILE if root else None
+    path = RunDir(root).tuned_path if root else None
     if path is not None and path.is_file():
         values = yaml.safe_load(path.read_text()) or {}
         settings = {k: v for k, v in (values.get("inference") or {}).items() if k in TUNED_KEYS}
         step = values.get("step")
         if step is not None and ckpt.get("step") is not None and int(step) != int(ckpt["step"]):
-            return None, (f"{path} was tuned at step {step} but {Path(checkpoint).name} is step {ckpt['step']}: "
-                          f"not used; run scrollseg tune {root} again")
+            tuned_for = f" ({values['checkpoint']})" if values.get("checkpoint") else ""
+            return None, (f"{path} was tuned at step {step}{tuned_for} but {Path(checkpoint).name} is step {ckpt['step']}: "
+                          f"not used; give the run folder {root} to use the tuned checkpoint, or run scrollseg tune {root} again")
         return settings, f"post-processing tuned in {path}: " + _describe(settings)
     if ckpt.get("tuned"):
         return dict(ckpt["tuned"]), f"post-processing tuned before the export of {Path(checkpoint).name}: " + _describe(ckpt["tuned"])
