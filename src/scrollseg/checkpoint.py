@@ -2,7 +2,8 @@
 
 A run folder holds ``config.yaml`` (resolved), ``metrics.jsonl``,
 ``checkpoints/`` with ``last.pt``, ``step-<N>.pt`` (the newest ``keep_last``),
-``best.pt`` and ``final.pt``, and ``train.lock``, which one training at a time holds. Each checkpoint is a plain dict of tensors and
+``best.pt`` and ``final.pt``, ``train.lock``, which one training at a time holds, and, once
+``scrollseg tune`` has run, ``tuned.yaml``, which names the checkpoint a run folder stands for. Each checkpoint is a plain dict of tensors and
 Python data, written to a temporary file, fsynced and renamed, so a kill or a
 full disk never leaves a damaged file under a final name. A save writes one file:
 ``last.pt`` and ``final.pt`` are hard links to the step file where the filesystem
