@@ -145,7 +145,7 @@ def render(results: Path) -> str:
         def scores(keep, mode):
             return [r["test"][mode]["leaderboard"] for r in records if r["dataset"] == dataset and keep(r) and mode in r["test"]]
 
-        # the fixed-0.5 prediction does not depend on the tune: every plain run counts
+        # the plain runs' fixed-0.5 predictions used best.pt and no tuned setting: every plain run counts
         plain = scores(lambda r: r["arm"] == "no_skeleton_recall", "fixed_0.5")
         for mode, what in (("tuned", "tuned"), ("tuned_tta", "tuned, 8-flip TTA")):
             full = scores(lambda r: _arm_label(r) == "recipe", mode)

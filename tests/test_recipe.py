@@ -15,6 +15,7 @@ from scrollseg.engine.budget import SAFETY, steps_that_fit
 from scrollseg.engine.ema import WeightAverage
 from scrollseg.engine.schedule import learning_rate
 from scrollseg.engine.trainer import train
+from scrollseg.export import export_weights
 from scrollseg.inference import tune as tune_module
 from scrollseg.inference.predict import probability_map
 
@@ -163,7 +164,8 @@ def test_tune_chooses_between_best_and_final_and_predict_follows(small_dataset, 
     folder = RunDir(run).checkpoints
     final = load_checkpoint(folder / "final.pt")
     # a best.pt from an earlier step whose network predicts the same constant everywhere: an empty or full mask
-    constant = {**final, "step": 3, "model": {k: torch.zeros_like(v) for k, v in final["model"].items()}}
+    zeros = {k: torch.zeros_like(v) for k, v in final["model"].items()}
+    constant = {**final, "step": 3, "model": zeros, "ema": {**final["ema"], "model": zeros} if final.get("ema") else None}
     torch.save(constant, folder / "best.pt")
     assert resolve_checkpoint(run) == folder / "best.pt"  # before tuning: best.pt, as always
     result = api.tune(run, workers=1, progress=False)
@@ -176,7 +178,17 @@ def test_tune_chooses_between_best_and_final_and_predict_follows(small_dataset, 
     # predict and export take the tuned checkpoint, with its settings
     assert resolve_checkpoint(run) == folder / "final.pt"
     _, used = api.load_predictor(run, torch.device("cpu"))
-    assert used.inference.threshold == saved["inference"]["threshold"]
+    assert all(getattr(used.inference, k) == v for k, v in saved["inference"].items())
+    exported = load_checkpoint(export_weights(run, tmp_path / "model.pt"))
+    assert exported["exported_from"] == "final.pt" and exported["step"] == final["step"] and exported["tuned"] == saved["inference"]
+    # given best.pt itself, predict is told where the tuned settings belong
+    with pytest.warns(UserWarning, match="give the run folder .* to use final.pt"):
+        api.load_predictor(folder / "best.pt", torch.device("cpu"))
+    # training went on after the tune (final.pt is another step now): back to best.pt, and a re-tune is advised
+    torch.save({**final, "step": final["step"] + 10}, folder / "final.pt")
+    assert resolve_checkpoint(run) == folder / "best.pt"
+    with pytest.warns(UserWarning, match="run scrollseg tune"):
+        api.load_predictor(run, torch.device("cpu"))
     # a tuned.yaml naming a file that is gone: back to best.pt
     (folder / "final.pt").unlink()
     assert resolve_checkpoint(run) == folder / "best.pt"

@@ -311,7 +311,7 @@ def tune(run: Path | str, data: Path | str | None = None, workers: int | None = 
     The probability maps (with the TTA ``predict`` uses, or ``tta``) are cached in
     ``RUN/tune/<checkpoint>/`` and reused while that checkpoint stays the same."""
     from .data.layout import list_volumes
-    from .inference.tune import save_tuned, spread_subset
+    from .inference.tune import MIN_GAIN, save_tuned, spread_subset
 
     root = RunDir(run)
     if not root.record_path.is_file():
@@ -331,7 +331,12 @@ def tune(run: Path | str, data: Path | str | None = None, workers: int | None = 
     for checkpoint, ckpt in _tune_candidates(root):
         say(f"tuning on {len(refs)} held-out volumes of {data} with {workers} worker(s), checkpoint {checkpoint} (step {ckpt['step']})", progress)
         results[checkpoint] = _tune_checkpoint(root, checkpoint, ckpt, refs, tta, workers, progress)
-    chosen = max(results, key=lambda c: results[c]["best"].scores["leaderboard"])  # the first (best.pt) on a tie
+    # another checkpoint than the first (best.pt) must win by the margin any other setting must
+    first, *others = results
+    chosen = first
+    for checkpoint in others:
+        if results[checkpoint]["best"].scores["leaderboard"] >= results[chosen]["best"].scores["leaderboard"] + MIN_GAIN:
+            chosen = checkpoint
     result = results[chosen]
     path = save_tuned(root.root, result["best"], {"checkpoint": chosen.name, "step": result["step"], "tta": result["tta"]})
     return {**result, "path": path, "checkpoint": chosen,
@@ -360,6 +365,9 @@ def _tune_checkpoint(root: RunDir, checkpoint: Path, ckpt: dict, refs, tta: bool
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     models, cfg = load_predictor(checkpoint, device, {"tta": tta} if tta is not None else None, use_tuned=False)
     cache = root.root / "tune" / checkpoint.stem
+    for stale in (root.root / "tune").glob("*.*"):  # maps cached by versions that kept one checkpoint's in tune/ itself
+        if stale.is_file():
+            stale.unlink()
     meta = {"checkpoint": checkpoint.name, "step": int(ckpt["step"]), "tta": bool(cfg.inference.tta), "ids": sorted(r.id for r in refs)}
     meta_path = cache / "probabilities.json"
     if not (meta_path.is_file() and json.loads(meta_path.read_text()) == meta):

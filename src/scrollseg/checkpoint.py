@@ -133,14 +133,20 @@ class RunDir:
         self.tuned_path = self.root / "tuned.yaml"  # post-processing and checkpoint chosen by ``scrollseg tune``
 
     def tuned_checkpoint(self) -> Path | None:
-        """The checkpoint ``scrollseg tune`` chose, when it names one of this run's files that exists."""
+        """The checkpoint ``scrollseg tune`` chose, while it is still the model it was tuned on:
+        ``best.pt`` or ``final.pt`` of this run at the step ``tuned.yaml`` records (training on
+        after the tune moves them to other steps)."""
         try:
             values = yaml.safe_load(self.tuned_path.read_text()) or {}
         except (OSError, yaml.YAMLError):
             return None  # absent or unreadable: predict reports the unreadable file when it reads the settings
-        name = values.get("checkpoint") if isinstance(values, dict) else None
-        path = self.checkpoints / Path(str(name)).name if name else None  # by name: the run folder may have moved
-        return path if path is not None and path.is_file() else None
+        if not isinstance(values, dict) or not values.get("checkpoint") or values.get("step") is None:
+            return None
+        name = Path(str(values["checkpoint"])).name  # by name: the run folder may have moved
+        path = self.checkpoints / name
+        if name not in ("best.pt", "final.pt") or not path.is_file():
+            return None
+        return path if int(load_checkpoint(path)["step"]) == int(values["step"]) else None
 
     def step_files(self) -> list[tuple[int, Path]]:
         if not self.checkpoints.is_dir():

@@ -220,7 +220,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-limit", help="finish within this wall time from the session start (e.g. 8h30m), lowering the flip TTA "
                    "as needed (default: no limit)")
     p.add_argument("--tuned", action=argparse.BooleanOptionalAction, default=True,
-                   help="use the settings `scrollseg tune` saved in the (first) run")
+                   help="use the settings `scrollseg tune` saved in the (first) run (a run folder stands for the checkpoint tune chose either way)")
     p.set_defaults(func=cmd_predict)
 
     p = command("tune", "choose the checkpoint (best.pt or final.pt), threshold and post-processing on the run's held-out volumes by the exact metric")
@@ -233,7 +233,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tune)
 
     p = command("export", "weights-only fp16 copy of a run's checkpoint, for predict")
-    p.add_argument("run", help="run folder (best, final or last checkpoint) or .pt file")
+    p.add_argument("run", help="run folder (the checkpoint scrollseg tune chose, else best, final or last) or .pt file")
     p.add_argument("out", help="the .pt file to write")
     p.add_argument("--tuned", action=argparse.BooleanOptionalAction, default=True,
                    help="carry the post-processing scrollseg tune chose for this checkpoint (predict applies it unless --no-tuned)")

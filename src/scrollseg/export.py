@@ -24,8 +24,8 @@ FP16_MAX = float(torch.finfo(torch.float16).max)
 
 
 def export_weights(source: Path | str, out: Path | str, use_tuned: bool = True, say=None) -> Path:
-    """Write the fp16 weights and config of ``source`` (a run folder's best, final or last
-    checkpoint, or a .pt file) to ``out``, with its tuned post-processing unless
+    """Write the fp16 weights and config of ``source`` (a run folder's checkpoint: the one
+    ``scrollseg tune`` chose, else best, final or last; or a .pt file) to ``out``, with its tuned post-processing unless
     ``use_tuned`` is false; ``say`` gets a line on where those settings come from."""
     path = resolve_checkpoint(source)
     ckpt = load_checkpoint(path)

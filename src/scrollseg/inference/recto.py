@@ -25,8 +25,8 @@ chooses between them poorly; this step makes the choice for it:
 Written by hand: no imaging library has a recto/verso cue. Only two Gaussian filters run at
 full resolution (the fine texture and the sheet's outward direction); the sheet's normal and
 the gradient energies are taken at half resolution, and the pooling at a quarter (each is
-smoothed over several voxels anyway), and the full-resolution products run two or four rows
-at a time, so their temporaries stay in cache: about 2.5 s for a 320^3 chunk on one core
+smoothed over several voxels anyway), and the full-resolution products run two or four
+z-slices at a time, so their temporaries stay in cache: about 2.5 s for a 320^3 chunk on one core
 (``benchmarks/bench_postprocess.py``). ``scrollseg tune`` switches it on only when it raises
 the held-out score (``inference.recto_context``), so data without the fibre cue, or with
 the scroll axis along another array axis, is left as it was.
@@ -62,7 +62,7 @@ def _gradient(a: np.ndarray) -> np.ndarray:
 
 
 def _slab_gradient(a: np.ndarray, start: int, stop: int) -> np.ndarray:
-    """``_gradient(a)[:, start:stop]``, computed from those rows and their two neighbours only."""
+    """``_gradient(a)[:, start:stop]``, computed from those z-slices and their two neighbours only."""
     low, high = max(start - 1, 0), min(stop + 1, a.shape[0])
     return _gradient(a[low:high])[:, start - low : stop - low]
 
@@ -93,7 +93,7 @@ def _fibre_contrast_half(fine: np.ndarray) -> np.ndarray:
     normal = _unit(_gradient(_gaussian(_halve(fine, (0, 1, 2)), np.sqrt(TEXTURE_SCALE**2 - GRADIENT_SCALE**2 - 0.25) / 2)))
     energy_z = np.empty(normal.shape[1:], np.float32)
     energy_h = np.empty(normal.shape[1:], np.float32)
-    for k in range(normal.shape[1]):  # two full-resolution rows at a time: every temporary stays in cache
+    for k in range(normal.shape[1]):  # two full-resolution z-slices at a time: every temporary stays in cache
         tz, ty, tx = _slab_gradient(fine, 2 * k, 2 * k + 2)
         nz, ny, nx = normal[:, k].repeat(2, 1).repeat(2, 2)[:, None]
         # the texture's gradient along z within the plane (e_z - nz n) and along the plane's horizontal
@@ -111,7 +111,7 @@ def _fibre_contrast_half(fine: np.ndarray) -> np.ndarray:
 def fibre_contrast(image: np.ndarray) -> np.ndarray:
     """float32 in [-1, 1], the image's shape: higher where the texture runs across z within the sheet's plane (recto) than along it (verso).
 
-    Computed at half resolution (each value covers a 2^3 block), which is what ``recto_side`` pools."""
+    Computed at half resolution (each value covers a 2^3 block), as ``recto_side`` uses it."""
     half = _fibre_contrast_half(_gaussian(_standardized(image), GRADIENT_SCALE))
     z, y, x = image.shape
     return half.repeat(2, 0).repeat(2, 1).repeat(2, 2)[:z, :y, :x]
@@ -119,31 +119,31 @@ def fibre_contrast(image: np.ndarray) -> np.ndarray:
 
 def recto_side(image: np.ndarray, context: float) -> np.ndarray:
     """bool: the voxels on the recto side of their sheet, the fibre cue pooled over ``context`` voxels."""
-    if min(image.shape) < 2:
-        raise ValueError(f"the recto choice needs at least 2 voxels along each axis, got shape {image.shape}")
     intensity = _standardized(image)
     fine = _gaussian(intensity, GRADIENT_SCALE)
     contrast = _fibre_contrast_half(fine)
     del fine
     sheet = _gaussian(intensity, SHEET_SCALE)
     del intensity
-    papyrus = sheet > np.percentile(sheet[::2, ::2, ::2], PAPYRUS_QUANTILE)  # every 8th voxel: the same level, a tenth of the sort
+    z, y, x = image.shape
+    # every 8th voxel of the volume itself (not the padding): the same level, a tenth of the sort
+    papyrus = sheet > np.percentile(sheet[:z:2, :y:2, :x:2], PAPYRUS_QUANTILE)
+    papyrus[z:], papyrus[:, y:], papyrus[:, :, x:] = False, False, False  # the edge padding casts no vote
     # The sheet's gradient points inward, against the outward direction; both factors of the final
     # product below use it, so the sign cancels and the gradient stands in for the outward direction.
     f = POOL_FACTOR
-    centre = np.empty((3,) + tuple(n // f for n in sheet.shape), np.float32)
-    for k in range(centre.shape[1]):
+    toward_centre = np.empty((3,) + tuple(n // f for n in sheet.shape), np.float32)
+    for k in range(toward_centre.shape[1]):
         inward = _slab_gradient(sheet, f * k, f * k + f)
         inward *= papyrus[f * k : f * k + f]
         weighted = _halve(inward, (1, 2, 3)) * contrast[2 * k : 2 * k + 2]
-        centre[:, k] = _halve(weighted, (1, 2, 3))[:, 0]
-    centre = np.stack([_gaussian(c, context / f, mode="constant") for c in centre])
+        toward_centre[:, k] = _halve(weighted, (1, 2, 3))[:, 0]
+    toward_centre = np.stack([_gaussian(c, context / f, mode="constant") for c in toward_centre])
     side = np.empty(sheet.shape, bool)
-    for k in range(centre.shape[1]):
+    for k in range(toward_centre.shape[1]):
         inward = _slab_gradient(sheet, f * k, f * k + f)
-        toward = centre[:, k].repeat(f, 1).repeat(f, 2)[:, None]
+        toward = toward_centre[:, k].repeat(f, 1).repeat(f, 2)[:, None]
         side[f * k : f * k + f] = (inward * toward).sum(0) > 0
-    z, y, x = image.shape
     return side[:z, :y, :x]
 
 

@@ -165,8 +165,10 @@ def tuned_settings(checkpoint: Path | str, ckpt: dict) -> tuple[dict | None, str
         step = values.get("step")
         if step is not None and ckpt.get("step") is not None and int(step) != int(ckpt["step"]):
             tuned_for = f" ({values['checkpoint']})" if values.get("checkpoint") else ""
-            return None, (f"{path} was tuned at step {step}{tuned_for} but {Path(checkpoint).name} is step {ckpt['step']}: "
-                          f"not used; give the run folder {root} to use the tuned checkpoint, or run scrollseg tune {root} again")
+            tuned_model = RunDir(root).tuned_checkpoint()
+            remedy = (f"give the run folder {root} to use {tuned_model.name}, which they were tuned for"
+                      if tuned_model is not None and tuned_model != Path(checkpoint) else f"run scrollseg tune {root} again")
+            return None, f"{path} was tuned at step {step}{tuned_for} but {Path(checkpoint).name} is step {ckpt['step']}: not used; {remedy}"
         return settings, f"post-processing tuned in {path}: " + _describe(settings)
     if ckpt.get("tuned"):
         return dict(ckpt["tuned"]), f"post-processing tuned before the export of {Path(checkpoint).name}: " + _describe(ckpt["tuned"])
