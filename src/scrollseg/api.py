@@ -327,6 +327,9 @@ def tune(run: Path | str, data: Path | str | None = None, workers: int | None = 
             raise ConfigError(f"--volumes {max_volumes}: tune on at least 1 volume")
         refs = spread_subset(refs, max_volumes, key=lambda r: r.id)
     workers = workers or max(1, min(4, os.cpu_count() or 1))
+    for stale in (root.root / "tune").glob("*.*"):  # maps cached by versions that kept one checkpoint's in tune/ itself
+        if stale.is_file():
+            stale.unlink()
     results = {}
     for checkpoint, ckpt in _tune_candidates(root):
         say(f"tuning on {len(refs)} held-out volumes of {data} with {workers} worker(s), checkpoint {checkpoint} (step {ckpt['step']})", progress)
@@ -365,9 +368,6 @@ def _tune_checkpoint(root: RunDir, checkpoint: Path, ckpt: dict, refs, tta: bool
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     models, cfg = load_predictor(checkpoint, device, {"tta": tta} if tta is not None else None, use_tuned=False)
     cache = root.root / "tune" / checkpoint.stem
-    for stale in (root.root / "tune").glob("*.*"):  # maps cached by versions that kept one checkpoint's in tune/ itself
-        if stale.is_file():
-            stale.unlink()
     meta = {"checkpoint": checkpoint.name, "step": int(ckpt["step"]), "tta": bool(cfg.inference.tta), "ids": sorted(r.id for r in refs)}
     meta_path = cache / "probabilities.json"
     if not (meta_path.is_file() and json.loads(meta_path.read_text()) == meta):

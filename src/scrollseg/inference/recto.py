@@ -26,7 +26,7 @@ Written by hand: no imaging library has a recto/verso cue. Only two Gaussian fil
 full resolution (the fine texture and the sheet's outward direction); the sheet's normal and
 the gradient energies are taken at half resolution, and the pooling at a quarter (each is
 smoothed over several voxels anyway), and the full-resolution products run two or four
-z-slices at a time, so their temporaries stay in cache: about 2.5 s for a 320^3 chunk on one core
+z-slices at a time, so their temporaries stay in cache: about 3 s for a 320^3 chunk on one core
 (``benchmarks/bench_postprocess.py``). ``scrollseg tune`` switches it on only when it raises
 the held-out score (``inference.recto_context``), so data without the fibre cue, or with
 the scroll axis along another array axis, is left as it was.
