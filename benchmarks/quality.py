@@ -89,7 +89,7 @@ def run_arm(data: Path, arm: str, steps: int, minutes: float, seed: int, work: P
     t0 = time.perf_counter()
     tuned = api.tune(run, workers=threads, progress=False)
     tune_s = time.perf_counter() - t0
-    record = {"dataset": data.name, "arm": arm, "seed": seed, "steps": steps_done, "train_s": train_s, "tune_s": tune_s,
+    record = {"dataset": data.name, "arm": arm, "seed": seed, "threads": threads, "steps": steps_done, "train_s": train_s, "tune_s": tune_s,
               "checkpoint": tuned["checkpoint"].name, "checkpoints": tuned["checkpoints"],
               "tuned": tuned["best"].settings, "validation_tuned": tuned["best"].scores, "validation_as_trained": tuned["start"].scores}
     chain = tuned["best"].settings["postprocess"]
@@ -99,8 +99,10 @@ def run_arm(data: Path, arm: str, steps: int, minutes: float, seed: int, work: P
     if tuned["best"].settings.get("recto_context"):
         settings["tuned_without_recto_face"] = {**tuned["best"].settings, "recto_context": 0.0}
     record["test"] = test_scores(data, run, settings, tta=False)
-    if tta:
-        record["test"].update(test_scores(data, run, {"tuned_tta": tuned["best"].settings}, tta=True))
+    if tta:  # tuned again on maps with TTA, as `scrollseg tune --tta` does for a predict with TTA
+        tuned_tta = api.tune(run, workers=threads, tta=True, progress=False)
+        record.update(checkpoint_tta=tuned_tta["checkpoint"].name, tuned_tta=tuned_tta["best"].settings)
+        record["test"].update(test_scores(data, run, {"tuned_tta": tuned_tta["best"].settings}, tta=True))
     with open(results, "a") as fh:
         fh.write(json.dumps(record) + "\n")
     print(json.dumps({"arm": arm, "dataset": data.name, "seed": seed, **{k: round(v["leaderboard"], 4) for k, v in record["test"].items()}}))
@@ -114,8 +116,11 @@ def ensemble(data: Path, runs: list[str], results: Path) -> None:
 
 
 def _arm_label(record: dict) -> str:
-    """The arm, marked when its tune predates the recto-face axis (its tuned settings lack
-    ``recto_context``): those runs' fixed-0.5 rows stand, their tuned rows are the older search."""
+    """The arm, marked when it ran alone on several threads (the other runs went two side by
+    side, one thread each), or when its tune predates the recto-face axis (its tuned settings
+    lack ``recto_context``): those runs' fixed-0.5 rows stand, their tuned rows are the older search."""
+    if record.get("threads", 1) > 1:
+        return f"{record['arm']} ({record['threads']} threads, alone)"
     if record["arm"] in ("ensemble", "prototype_unet") or "recto_context" in record.get("tuned", {}):
         return record["arm"]
     return f"{record['arm']} (tune before the recto axis)"
@@ -152,6 +157,12 @@ def render(results: Path) -> str:
             if plain and full:
                 gaps.append(f"- {dataset}: full recipe ({what}) {np.mean(full):.3f} vs plain Dice + BCE at a fixed 0.5 "
                             f"{np.mean(plain):.3f}: {np.mean(full) - np.mean(plain):+.3f} (means over {len(full)} and {len(plain)} runs)")
+        # the targets: the recipe as a user runs it, alone on the machine's threads
+        for label in sorted({_arm_label(r) for r in records if r["dataset"] == dataset and r["arm"] == "recipe" and r.get("threads", 1) > 1}):
+            for mode, what in (("tuned", "tuned"), ("tuned_tta", "tuned and predicted with 8-flip TTA")):
+                full = scores(lambda r: _arm_label(r) == label, mode)
+                if full:
+                    gaps.append(f"- {dataset}: {label}, {what}: {np.mean(full):.3f} ({min(full):.3f}-{max(full):.3f}) over {len(full)} runs")
     return "\n".join(lines + rows + ([""] + gaps if gaps else []))
 
 
@@ -174,7 +185,7 @@ def main() -> None:
     p.add_argument("--work", default="quality_runs")
     p.add_argument("--results", default="quality.jsonl")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--tta", action="store_true", help="also score the tuned settings with 8-flip TTA (8x the prediction time)")
+    p.add_argument("--tta", action="store_true", help="also tune on maps with 8-flip TTA and score that (8x the prediction time)")
     p = sub.add_parser("ensemble")
     p.add_argument("data")
     p.add_argument("runs", nargs="+")

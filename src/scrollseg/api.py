@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import RunDir, RunLock, load_checkpoint, resolve_checkpoint
+from .checkpoint import TUNABLE_CHECKPOINTS, RunDir, RunLock, load_checkpoint, resolve_checkpoint
 from .config import Config, build_config, check_resumable, from_dict, merge, parse_overrides, read_yaml
 from .data.io import read_ahead, read_header_shape, read_volume, write_volume
 from .data.layout import VolumeRef, dataset_root, images_in
@@ -349,7 +349,7 @@ def tune(run: Path | str, data: Path | str | None = None, workers: int | None = 
 def _tune_candidates(root: RunDir) -> list[tuple[Path, dict]]:
     """(path, checkpoint) of best.pt and final.pt, one per step; last.pt when neither exists."""
     found: dict[int, tuple[Path, dict]] = {}
-    for name in ("best.pt", "final.pt"):
+    for name in TUNABLE_CHECKPOINTS:
         path = root.checkpoints / name
         if path.is_file():
             ckpt = load_checkpoint(path)

@@ -123,6 +123,9 @@ def load_checkpoint(path: Path | str) -> dict:
     return ckpt
 
 
+TUNABLE_CHECKPOINTS = ("best.pt", "final.pt")  # the checkpoints ``scrollseg tune`` chooses between
+
+
 class RunDir:
     def __init__(self, root: Path | str):
         self.root = Path(root)
@@ -144,7 +147,7 @@ class RunDir:
             return None
         name = Path(str(values["checkpoint"])).name  # by name: the run folder may have moved
         path = self.checkpoints / name
-        if name not in ("best.pt", "final.pt") or not path.is_file():
+        if name not in TUNABLE_CHECKPOINTS or not path.is_file():
             return None
         return path if int(load_checkpoint(path)["step"]) == int(values["step"]) else None
 
@@ -224,7 +227,7 @@ def resolve_checkpoint(path: Path | str) -> Path:
     tuned = run.tuned_checkpoint()
     if tuned is not None:
         return tuned
-    for name in ("best.pt", "final.pt", "last.pt"):
+    for name in (*TUNABLE_CHECKPOINTS, "last.pt"):
         if (run.checkpoints / name).is_file():
             return run.checkpoints / name
     raise CheckpointError(f"{path}: no checkpoint found (looked for best.pt, final.pt, last.pt in {run.checkpoints}); train first")
