@@ -116,11 +116,12 @@ def ensemble(data: Path, runs: list[str], results: Path) -> None:
 
 
 def _arm_label(record: dict) -> str:
-    """The arm, marked when it ran alone on several threads (the other runs went two side by
-    side, one thread each), or when its tune predates the recto-face axis (its tuned settings
+    """The arm, marked with its thread count when it trained on several (docs/quality.md's
+    target runs, one at a time; the ablation's runs went two side by side on one thread
+    each), or when its tune predates the recto-face axis (its tuned settings
     lack ``recto_context``): those runs' fixed-0.5 rows stand, their tuned rows are the older search."""
     if record.get("threads", 1) > 1:
-        return f"{record['arm']} ({record['threads']} threads, alone)"
+        return f"{record['arm']} ({record['threads']} threads)"
     if record["arm"] in ("ensemble", "prototype_unet") or "recto_context" in record.get("tuned", {}):
         return record["arm"]
     return f"{record['arm']} (tune before the recto axis)"
@@ -157,7 +158,7 @@ def render(results: Path) -> str:
             if plain and full:
                 gaps.append(f"- {dataset}: full recipe ({what}) {np.mean(full):.3f} vs plain Dice + BCE at a fixed 0.5 "
                             f"{np.mean(plain):.3f}: {np.mean(full) - np.mean(plain):+.3f} (means over {len(full)} and {len(plain)} runs)")
-        # the targets: the recipe as a user runs it, alone on the machine's threads
+        # the targets: the recipe as a user runs it, on the machine's threads
         for label in sorted({_arm_label(r) for r in records if r["dataset"] == dataset and r["arm"] == "recipe" and r.get("threads", 1) > 1}):
             for mode, what in (("tuned", "tuned"), ("tuned_tta", "tuned and predicted with 8-flip TTA")):
                 full = scores(lambda r: _arm_label(r) == label, mode)
