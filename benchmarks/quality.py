@@ -28,7 +28,6 @@ import torch
 
 from scrollseg import api
 from scrollseg.checkpoint import load_checkpoint
-from scrollseg.config import build_config
 from scrollseg.data.io import read_volume
 from scrollseg.data.layout import list_volumes
 from scrollseg.inference.postprocess import postprocess
@@ -89,7 +88,7 @@ def run_arm(data: Path, arm: str, steps: int, minutes: float, seed: int, work: P
     t0 = time.perf_counter()
     tuned = api.tune(run, workers=threads, progress=False)
     tune_s = time.perf_counter() - t0
-    record = {"dataset": data.name, "arm": arm, "seed": seed, "threads": threads, "steps": steps_done, "train_s": train_s, "tune_s": tune_s,
+    record = {"dataset": data.name, "arm": arm, "seed": seed, "threads": threads, "precision": _trained_precision(run), "steps": steps_done, "train_s": train_s, "tune_s": tune_s,
               "checkpoint": tuned["checkpoint"].name, "checkpoints": tuned["checkpoints"],
               "tuned": tuned["best"].settings, "validation_tuned": tuned["best"].scores, "validation_as_trained": tuned["start"].scores}
     chain = tuned["best"].settings["postprocess"]
@@ -108,6 +107,12 @@ def run_arm(data: Path, arm: str, steps: int, minutes: float, seed: int, work: P
     print(json.dumps({"arm": arm, "dataset": data.name, "seed": seed, **{k: round(v["leaderboard"], 4) for k, v in record["test"].items()}}))
 
 
+def _trained_precision(run: Path) -> str:
+    """The precision the run trained in, from the start event of its metrics log."""
+    starts = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"event": "start"' in line]
+    return starts[-1].get("precision", "fp32") if starts else "fp32"
+
+
 def ensemble(data: Path, runs: list[str], results: Path) -> None:
     mean = _score(data, [Path(r) for r in runs], Path(runs[0]) / "ensemble.zip", overrides={"tta": False})
     with open(results, "a") as fh:
@@ -121,7 +126,8 @@ def _arm_label(record: dict) -> str:
     each), or when its tune predates the recto-face axis (its tuned settings
     lack ``recto_context``): those runs' fixed-0.5 rows stand, their tuned rows are the older search."""
     if record.get("threads", 1) > 1:
-        return f"{record['arm']} ({record['threads']} threads)"
+        bf16 = ", bf16" if record.get("precision") == "bf16" else ""
+        return f"{record['arm']} ({record['threads']} threads{bf16})"
     if record["arm"] in ("ensemble", "prototype_unet") or "recto_context" in record.get("tuned", {}):
         return record["arm"]
     return f"{record['arm']} (tune before the recto axis)"
