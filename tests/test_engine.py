@@ -108,3 +108,26 @@ def test_compiled_and_eager_steps_agree():
         runner = torch.compile(net) if compiled else net
         losses.append(optimizer_step(runner, opt, torch.amp.GradScaler("cuda", enabled=False), fp32, _mse, [(x, y)], 1, 0.1, 0).loss)
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+
+
+@pytest.mark.parametrize("amx, avx512_bf16, expected", [(True, False, "bf16"), (False, True, "bf16"), (False, False, "fp32")])
+def test_auto_precision_on_the_cpu_is_bf16_only_where_it_is_native(monkeypatch, amx, avx512_bf16, expected):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu).name == expected
+    assert resolve_precision("fp32", cpu).name == "fp32" and resolve_precision("bf16", cpu).name == "bf16"
+
+
+def test_a_bf16_step_on_the_cpu_moves_the_weights_as_fp32_does():
+    x, y = torch.randn(2, 1, 6, 6, 6), torch.randn(2, 1, 6, 6, 6)
+    moved = {}
+    for name in ("fp32", "bf16"):
+        net = _tiny_net()
+        before = torch.cat([p.detach().flatten() for p in net.parameters()])
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        optimizer_step(net, opt, torch.amp.GradScaler("cuda", enabled=False), resolve_precision(name, torch.device("cpu")), _mse, [(x, y)], 1, lr=0.1, grad_clip=0)
+        moved[name] = torch.cat([p.detach().flatten() for p in net.parameters()]) - before
+        assert all(p.dtype == torch.float32 for p in net.parameters())  # autocast keeps the master weights fp32
+    assert moved["fp32"].norm() > 0
+    assert torch.nn.functional.cosine_similarity(moved["fp32"], moved["bf16"], dim=0) > 0.99
