@@ -1,7 +1,7 @@
 """Mixed precision, chosen in one place for training and inference: bf16 where the GPU
 supports it, fp16 (with a GradScaler when training) where not; on the CPU bf16 where it
-has bf16 matrix units (AMX or AVX512-BF16: the tiny preset's step runs 2.3 times faster
-there, see docs/quality.md), else fp32 (bf16 emulated in software is slower than fp32)."""
+has bf16 matrix units (AMX or AVX512-BF16: a time budget fits 2.4 times the tiny preset's
+steps there, see docs/quality.md), else fp32 (bf16 emulated in software is slower than fp32)."""
 from __future__ import annotations
 
 import contextlib
