@@ -153,7 +153,7 @@ def test_an_ensemble_with_tuned_settings_keeps_them_under_a_time_limit(small_dat
     # a copy of the run whose tuned settings turn every voxel on (no probability of the 2-step model is that low)
     tuned_run = tmp_path / "tuned"
     shutil.copytree(tiny_run, tuned_run)
-    (tuned_run / "tuned.yaml").write_text(yaml.safe_dump({"inference": {"threshold": 1e-6, "postprocess": []}}))
+    (tuned_run / "tuned.yaml").write_text(yaml.safe_dump({"inference": {"threshold": 1e-6, "postprocess": [], "recto_context": 0.0}}))
     ensemble = [tuned_run, tiny_run]
     api.predict(ensemble, small_dataset, tmp_path / "tuned.zip", progress=False, time_limit="1h")
     assert all(m.all() for m in _zip_masks(tmp_path / "tuned.zip", small_dataset).values())
