@@ -27,9 +27,10 @@ import numpy as np
 import torch
 
 from scrollseg import api
-from scrollseg.checkpoint import load_checkpoint
+from scrollseg.checkpoint import RunDir, load_checkpoint
 from scrollseg.data.io import read_volume
 from scrollseg.data.layout import list_volumes
+from scrollseg.engine.log import read_records
 from scrollseg.inference.postprocess import postprocess
 from scrollseg.inference.predict import predict_probabilities
 from scrollseg.metrics.evaluate import MEAN_KEYS, score_predictions
@@ -109,7 +110,7 @@ def run_arm(data: Path, arm: str, steps: int, minutes: float, seed: int, work: P
 
 def _trained_precision(run: Path) -> str:
     """The precision the run trained in, from the start event of its metrics log."""
-    starts = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"event": "start"' in line]
+    starts = [r for r in read_records(RunDir(run).metrics_path) if r.get("event") == "start"]
     return starts[-1].get("precision", "fp32") if starts else "fp32"
 
 
