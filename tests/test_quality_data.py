@@ -102,6 +102,15 @@ def test_face_blind_ceilings_lie_between_empty_and_exact():
         assert empty + 0.1 < value < exact - 0.1, f"{name}: {value} (empty {empty})"
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_recto_step_ceiling_beats_the_face_blind_ones(seed):
+    # 64^3: the step pools the fibre cue over 64 voxels, and smaller chunks can hold too little of it
+    rng = np.random.default_rng(seed)
+    chunk = quality_data.alt_chunk((64, 64, 64), quality_data.alt_style(rng), rng)
+    ceiling = quality_data.recto_step_ceiling([chunk])
+    assert max(quality_data.face_blind_ceilings([chunk]).values()) + 0.05 < ceiling < 1.0
+
+
 def test_real_writes_the_competition_layout(tmp_path):
     quality_data.write_real(tmp_path, n_train=2, n_test=1, seed=1, size=40)
     check_layout(tmp_path, 2, 1)
