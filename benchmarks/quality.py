@@ -43,6 +43,7 @@ ARMS = {
     "wide_first_stages": ["model.features=[16,32,48,64]"],  # more channels where the fibre texture is resolved
     "patch64": ["data.patch_size=[64,64,64]", "inference.tile=[64,64,64]"],  # more context per patch, 2.8x the step time
     "ema": ["train.ema_decay=0.999"],
+    "verso_ignored": ["data.ignore_verso_background=true"],  # the loss leaves out the background the recto step drops
     "flips_only": ["augment.rotation_prob=0", "augment.scale_prob=0", "augment.noise_prob=0", "augment.blur_prob=0",
                    "augment.brightness_prob=0", "augment.contrast_prob=0", "augment.lowres_prob=0", "augment.gamma_prob=0",
                    "augment.inverted_gamma_prob=0"],

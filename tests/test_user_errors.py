@@ -114,6 +114,8 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
     (["data.batch_size=0"], "data.batch_size must be at least 1"),
     (["inference.hysteresis_low=0.7"], "inference.hysteresis_low must be 0 (off) or lie in (0, threshold=0.5), got 0.7"),
     (["inference.threshold=1"], "inference.threshold (--threshold) must lie in (0, 1), got 1"),
+    (["data.ignore_verso_background=true", "inference.recto_context=0"],
+     "data.ignore_verso_background needs inference.recto_context > 0: it ignores only what the recto step drops"),
 ])
 def test_bad_training_values_exit_2_before_anything_is_written(small_dataset, tmp_path, capsys, flags, message):
     run = tmp_path / "run"

@@ -74,6 +74,7 @@ class CachedVolume:
     has_label: bool
     foreground_ends: np.ndarray = field(repr=False)  # int64 running surface-voxel count over the blocks (C order)
     entry: Path = Path()  # the cache entry it was opened from
+    ignored: "ChunkedArray | ArrayRegion | None" = field(default=None, repr=False)  # 1 where label 0 is read as ignored (data.verso)
 
     @staticmethod
     def open(entry: Path | str, keep: int = 4) -> "CachedVolume":
@@ -122,6 +123,8 @@ class CachedVolume:
             image_part, label_part = self.region(lo, hi)
             image[inside] = image_part
             if label_part is not None:
+                if self.ignored is not None:
+                    label_part = np.where((label_part == 0) & (self.ignored.read(lo, hi) == 1), IGNORE_LABEL, label_part)
                 label[inside] = label_part
         return image, label
 
@@ -137,6 +140,16 @@ class CachedVolume:
 
 def _box(lo, hi) -> tuple[slice, ...]:
     return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+
+
+@dataclass(eq=False)
+class ArrayRegion:
+    """An in-memory array read box by box, as a ``ChunkedArray`` is."""
+
+    array: np.ndarray
+
+    def read(self, lo, hi) -> np.ndarray:
+        return self.array[_box(lo, hi)]
 
 
 @dataclass(eq=False)

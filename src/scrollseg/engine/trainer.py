@@ -25,12 +25,13 @@ from .. import __version__, dist
 from ..checkpoint import RunDir, atomic_write_text
 from ..config import Config, dump_yaml
 from ..data.augment import augment_batch
-from ..data.cache import VolumeCache, cache_folder, prepare_cache
+from ..data.cache import VolumeCache, cache_folder, default_workers, prepare_cache
+from ..data.verso import ignore_verso_background
 from ..data.layout import list_volumes
 from ..data.loader import make_loader
 from ..data.sampler import PatchSampler, volume_pool
 from ..data.split import split_volumes
-from ..errors import DataError, ScrollsegError
+from ..errors import ConfigError, DataError, ScrollsegError
 from ..losses import segmentation_loss
 from ..models import build_model
 from ..precision import resolve_precision
@@ -132,6 +133,8 @@ class Trainer:
 
     def __init__(self, data_dir: Path | str, run_dir: Path | str, cfg: Config, progress: bool = True, strategy: str = "ddp",
                  observers: tuple[RunObserver, ...] = ()):
+        if cfg.data.ignore_verso_background and cfg.inference.recto_context <= 0:
+            raise ConfigError("data.ignore_verso_background needs inference.recto_context > 0: it ignores only what the recto step drops")
         self.cfg, self.data_dir, self.progress, self.observers = cfg, data_dir, progress, tuple(observers)
         self.info = dist.from_environment()
         self.device = dist.init(self.info)
@@ -384,7 +387,15 @@ class Trainer:
         if self.info.local_rank == 0:  # one builder per node (the cache may be node-local); the others wait, then open it
             cache.build(refs, d.cache_workers, self.progress and self.main)
         dist.barrier(self.info)
-        return [cache.load(r) for r in train_refs], [cache.load(r) for r in val_refs][: self.cfg.train.val_volumes or None]
+        train, val = [cache.load(r) for r in train_refs], [cache.load(r) for r in val_refs][: self.cfg.train.val_volumes or None]
+        if d.ignore_verso_background:
+            context = self.cfg.inference.recto_context
+            if self.info.local_rank == 0:
+                ignore_verso_background(train, context, d.cache_workers or default_workers(), self.progress and self.main)
+            dist.barrier(self.info)
+            if self.info.local_rank != 0:
+                ignore_verso_background(train, context, progress=False)  # the masks exist now: only attached
+        return train, val
 
     def _wrap(self, fast: torch.nn.Module, strategy: str) -> torch.nn.Module:
         if self.info.enabled:
