@@ -1,4 +1,4 @@
-"""Training that ignores the verso side's background (data/verso.py): patch reads of a
+"""Training that ignores the verso side's background (engine/verso.py): patch reads of a
 training volume, in every cache form, read label 0 on the verso side of each sheet as
 ignored; labels 1, the recto side and validation's whole labels stay as they are."""
 import numpy as np
@@ -10,7 +10,7 @@ from scrollseg.data.cache import VolumeCache
 from scrollseg.data.io import write_volume
 from scrollseg.data.layout import VolumeRef
 from scrollseg.data.synth import papyrus_fibres
-from scrollseg.data.verso import ignore_verso_background, mask_path
+from scrollseg.engine.verso import ignore_verso_background, mask_path
 from scrollseg.data.volumes import ArrayVolume
 
 PITCH, THICKNESS, CONTEXT = 12, 6, 24.0

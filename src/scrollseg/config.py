@@ -36,7 +36,7 @@ class DataConfig:
     volumes_in_memory: int = 4  # cache_mode none: decoded volumes per loader worker, and the pool each window of steps draws from
     patches_per_volume: int = 32  # cache_mode none: patches each pooled volume serves per window
     max_voxels: int = 1024**3  # TIFFs announcing more are refused before decoding
-    ignore_verso_background: bool = False  # training ignores label 0 on the verso side of each sheet, which the recto step (inference.recto_context) drops anyway (data.verso)
+    ignore_verso_background: bool = False  # training ignores label 0 on the verso side of each sheet, which the recto step (inference.recto_context) drops anyway (engine.verso)
 
 
 @dataclass

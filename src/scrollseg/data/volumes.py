@@ -74,7 +74,7 @@ class CachedVolume:
     has_label: bool
     foreground_ends: np.ndarray = field(repr=False)  # int64 running surface-voxel count over the blocks (C order)
     entry: Path = Path()  # the cache entry it was opened from
-    ignored: "ChunkedArray | ArrayRegion | None" = field(default=None, repr=False)  # 1 where label 0 is read as ignored (data.verso)
+    ignored: "ChunkedArray | ArrayRegion | None" = field(default=None, repr=False)  # 1 where label 0 is read as ignored (engine.verso)
 
     @staticmethod
     def open(entry: Path | str, keep: int = 4) -> "CachedVolume":

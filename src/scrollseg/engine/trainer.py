@@ -26,7 +26,7 @@ from ..checkpoint import RunDir, atomic_write_text
 from ..config import Config, dump_yaml
 from ..data.augment import augment_batch
 from ..data.cache import VolumeCache, cache_folder, default_workers, prepare_cache
-from ..data.verso import ignore_verso_background
+from .verso import ignore_verso_background
 from ..data.layout import list_volumes
 from ..data.loader import make_loader
 from ..data.sampler import PatchSampler, volume_pool

@@ -21,8 +21,8 @@ import numpy as np
 
 from ..inference.recto import recto_side
 from ..progress import Progress
-from .chunkstore import ChunkedArray, write_chunked
-from .volumes import ArrayRegion, CachedVolume
+from ..data.chunkstore import ChunkedArray, write_chunked
+from ..data.volumes import ArrayRegion, CachedVolume
 
 PARALLEL_FROM_VOLUMES = 4  # fewer are computed faster than worker processes start
 
