@@ -59,6 +59,9 @@ def resolve_train_config(run: Path | str, config: Config | str | dict | None = N
         raise ConfigError(f"train.time_limit (--time-limit): {exc}") from None
     if limit < 0:
         raise ConfigError(f"train.time_limit (--time-limit) {wanted.train.time_limit!r} is negative; give a duration like 11h45m")
+    # training only: predict and tune may turn the recto step off for a run trained this way
+    if wanted.data.ignore_verso_background and wanted.inference.recto_context <= 0:
+        raise ConfigError("data.ignore_verso_background needs inference.recto_context > 0: it ignores only what the recto step drops")
     return wanted
 
 

@@ -133,8 +133,6 @@ class Trainer:
 
     def __init__(self, data_dir: Path | str, run_dir: Path | str, cfg: Config, progress: bool = True, strategy: str = "ddp",
                  observers: tuple[RunObserver, ...] = ()):
-        if cfg.data.ignore_verso_background and cfg.inference.recto_context <= 0:
-            raise ConfigError("data.ignore_verso_background needs inference.recto_context > 0: it ignores only what the recto step drops")
         self.cfg, self.data_dir, self.progress, self.observers = cfg, data_dir, progress, tuple(observers)
         self.info = dist.from_environment()
         self.device = dist.init(self.info)
