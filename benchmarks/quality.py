@@ -28,6 +28,7 @@ import torch
 
 from scrollseg import api
 from scrollseg.checkpoint import RunDir, load_checkpoint
+from scrollseg.config import from_dict, read_yaml
 from scrollseg.data.io import read_volume
 from scrollseg.data.layout import list_volumes
 from scrollseg.engine.log import read_records
@@ -43,7 +44,9 @@ ARMS = {
     "wide_first_stages": ["model.features=[16,32,48,64]"],  # more channels where the fibre texture is resolved
     "patch64": ["data.patch_size=[64,64,64]", "inference.tile=[64,64,64]"],  # more context per patch, 2.8x the step time
     "ema": ["train.ema_decay=0.999"],
-    "verso_ignored": ["data.ignore_verso_background=true"],  # the loss leaves out the background the recto step drops
+    # the loss leaves out the background the recto step drops: the preset now; kept explicit so its records name it
+    "verso_ignored": ["data.ignore_verso_background=true"],
+    "verso_kept": ["data.ignore_verso_background=false"],  # the preset before it did (the `recipe` records before that)
     "flips_only": ["augment.rotation_prob=0", "augment.scale_prob=0", "augment.noise_prob=0", "augment.blur_prob=0",
                    "augment.brightness_prob=0", "augment.contrast_prob=0", "augment.lowres_prob=0", "augment.gamma_prob=0",
                    "augment.inverted_gamma_prob=0"],
@@ -92,7 +95,9 @@ def run_arm(data: Path, arm: str, steps: int, minutes: float, seed: int, work: P
     t0 = time.perf_counter()
     tuned = api.tune(run, workers=threads, progress=False)
     tune_s = time.perf_counter() - t0
-    record = {"dataset": data.name, "arm": arm, "seed": seed, "threads": threads, "precision": _trained_precision(run), "steps": steps_done, "train_s": train_s, "tune_s": tune_s,
+    trained = from_dict(read_yaml(RunDir(run).config_path))
+    record = {"dataset": data.name, "arm": arm, "seed": seed, "threads": threads, "precision": _trained_precision(run),
+              "ignore_verso_background": trained.data.ignore_verso_background, "steps": steps_done, "train_s": train_s, "tune_s": tune_s,
               "checkpoint": tuned["checkpoint"].name, "checkpoints": tuned["checkpoints"],
               "tuned": tuned["best"].settings, "validation_tuned": tuned["best"].scores, "validation_as_trained": tuned["start"].scores}
     chain = tuned["best"].settings["postprocess"]
@@ -128,13 +133,18 @@ def _arm_label(record: dict) -> str:
     """The arm, marked with its thread count when it trained on several (docs/quality.md's
     target runs, one at a time; the ablation's runs went two side by side on one thread
     each), or when its tune predates the recto-face axis (its tuned settings
-    lack ``recto_context``): those runs' fixed-0.5 rows stand, their tuned rows are the older search."""
+    lack ``recto_context``): those runs' fixed-0.5 rows stand, their tuned rows are the older search.
+    A ``recipe`` run of the preset that ignores the verso background counts as ``verso_ignored``:
+    the ``recipe`` rows are the preset before it did."""
+    arm = record["arm"]
+    if arm == "recipe" and record.get("ignore_verso_background"):
+        arm = "verso_ignored"
     if record.get("threads", 1) > 1:
         bf16 = ", bf16" if record.get("precision") == "bf16" else ""
-        return f"{record['arm']} ({record['threads']} threads{bf16})"
-    if record["arm"] in ("ensemble", "prototype_unet") or "recto_context" in record.get("tuned", {}):
-        return record["arm"]
-    return f"{record['arm']} (tune before the recto axis)"
+        return f"{arm} ({record['threads']} threads{bf16})"
+    if arm in ("ensemble", "prototype_unet") or "recto_context" in record.get("tuned", {}):
+        return arm
+    return f"{arm} (tune before the recto axis)"
 
 
 def render(results: Path) -> str:
@@ -169,7 +179,8 @@ def render(results: Path) -> str:
                 gaps.append(f"- {dataset}: full recipe ({what}) {np.mean(full):.3f} vs plain Dice + BCE at a fixed 0.5 "
                             f"{np.mean(plain):.3f}: {np.mean(full) - np.mean(plain):+.3f} (means over {len(full)} and {len(plain)} runs)")
         # the targets: the recipe as a user runs it, on the machine's threads
-        for label in sorted({_arm_label(r) for r in records if r["dataset"] == dataset and r["arm"] == "recipe" and r.get("threads", 1) > 1}):
+        targets = ("recipe", "verso_ignored")
+        for label in sorted({_arm_label(r) for r in records if r["dataset"] == dataset and r["arm"] in targets and r.get("threads", 1) > 1}):
             for mode, what in (("tuned", "tuned"), ("tuned_tta", "tuned and predicted with 8-flip TTA")):
                 full = scores(lambda r: _arm_label(r) == label, mode)
                 if full:
